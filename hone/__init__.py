@@ -1,0 +1,16 @@
+"""hone: fine-tune language models with SFT, OSFT and LoRA."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from hone.errors import HoneError  # noqa: E402
+
+
+def sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs):
+    """Supervised fine-tuning with Training Hub's parameter names. See ``hone.api.sft``."""
+    from hone.api import sft as _sft  # lazy: `import hone` stays light
+
+    return _sft(model_path, data_path, ckpt_output_dir, **kwargs)
+
+
+__all__ = ["HoneError", "sft", "__version__"]

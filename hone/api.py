@@ -1,0 +1,29 @@
+"""The Python API, with Training Hub's parameter names."""
+from __future__ import annotations
+
+from typing import Any
+
+from hone.config import RunConfig
+from hone.training.run import TrainResult
+
+
+def train(algorithm: str, params: dict[str, Any], source: str = "keyword arguments") -> TrainResult:
+    """Resolve flat parameters for ``algorithm`` and run it."""
+    from hone.algorithms import hooks_for
+    from hone.training.run import run_training
+
+    cfg = RunConfig.from_flat(algorithm, params, source)
+    return run_training(cfg, hooks_for(cfg))
+
+
+def sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs: Any) -> TrainResult:
+    """Supervised fine-tuning (all parameters) of ``model_path`` on the chat data at ``data_path``.
+
+    Keyword arguments use Training Hub's names (``num_epochs``, ``effective_batch_size``, ``learning_rate``,
+    ``max_seq_len``, ``max_tokens_per_gpu``, ``warmup_steps``, ``lr_scheduler``, ``seed``, ``beta1``, ``beta2``,
+    ``eps``, ``weight_decay``, ``checkpoint_at_epoch``, ``save_final_checkpoint``, ``unmask_messages``,
+    ``use_processed_dataset``, ``is_pretraining``, ``block_size``, ``document_column_name``,
+    ``data_output_dir``, ...; ``hone train sft --help`` lists all). An unknown name is an error.
+    """
+    return train("sft", {"model_path": model_path, "data_path": data_path, "ckpt_output_dir": ckpt_output_dir,
+                         **kwargs})

@@ -1,0 +1,177 @@
+"""Configuration schemas, one per concern.
+
+The Python keyword arguments, the YAML config file and the CLI flags are all *flat* (Training Hub's
+parameter names, e.g. ``learning_rate``, ``max_seq_len``); :meth:`RunConfig.from_flat` routes each name
+to the section that owns it, so all three skins resolve to the same object.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hone.errors import HoneError, suggest
+
+
+class Section(BaseModel):
+    """A group of parameters. Unknown names are rejected by :meth:`RunConfig.from_flat`."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Parameters needed to run but not part of the run's identity (not compared when reusing an output dir).
+    volatile: ClassVar[frozenset[str]] = frozenset()
+
+
+class DataConfig(Section):
+    """Where the training data is and how it becomes tokens."""
+
+    data_path: str = Field(description="Training data: a JSONL/JSON file of chat samples.")
+    max_seq_len: int = Field(8192, gt=0, description="Longest sample in tokens; longer samples are dropped, never truncated.")
+    unmask_messages: bool = Field(False, description="Train on every role except system (not only assistant turns).")
+    use_processed_dataset: bool = Field(False, description="Rows already hold input_ids and labels.")
+    is_pretraining: bool = Field(False, description="Rows are raw documents: tokenize, join with EOS, cut into blocks.")
+    block_size: int = Field(2048, gt=0, description="Tokens per block when is_pretraining.")
+    document_column_name: str = Field("document", description="Column holding the text when is_pretraining.")
+    data_output_dir: str | None = Field(None, description="Where processed data is written (default <ckpt_output_dir>/data).")
+
+
+class TrainConfig(Section):
+    """The model, the optimisation and the outputs."""
+
+    volatile: ClassVar[frozenset[str]] = frozenset({"overwrite", "progress"})
+
+    model_path: str = Field(description="Base model: a local Hugging Face directory or a hub id.")
+    ckpt_output_dir: str = Field(description="Output directory for checkpoints, metrics and charts.")
+    num_epochs: int = Field(1, gt=0, description="Passes over the training data.")
+    effective_batch_size: int = Field(128, gt=0, description="Samples per optimizer step.")
+    learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate.")
+    max_tokens_per_gpu: int = Field(10000, gt=0, description="Token budget of one micro-batch (padding-free).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (default: all epochs).")
+    seed: int = Field(42, description="Random seed (shuffling, initialisation of new weights).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables clipping).")
+    checkpoint_at_epoch: bool = Field(True, description="Save hf_format/epoch_<n>/ after each epoch.")
+    save_final_checkpoint: bool = Field(True, description="Save hf_format/final/ at the end.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Parameter dtype: auto = float32 on CPU, bfloat16 on GPU.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model repository (off unless asked).")
+    overwrite: bool = Field(False, description="Replace an output directory that holds a different run.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class RunConfig(BaseModel):
+    """Everything one training run needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str
+    data: DataConfig
+    train: TrainConfig
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        budget = self.data.block_size if self.data.is_pretraining else self.data.max_seq_len
+        if self.train.max_tokens_per_gpu < budget:
+            name = "block_size" if self.data.is_pretraining else "max_seq_len"
+            raise HoneError(
+                f"max_tokens_per_gpu ({self.train.max_tokens_per_gpu}) is smaller than {name} ({budget}): "
+                "the longest sample would not fit in a micro-batch",
+                where=f"parameters max_tokens_per_gpu and {name}",
+                fix=f"raise max_tokens_per_gpu to at least {budget} or lower {name}",
+            )
+        return self
+
+    # -- flat <-> sections ---------------------------------------------------------------------------
+    @classmethod
+    def sections(cls, algorithm: str) -> dict[str, type[Section]]:
+        """Section name -> schema used by ``algorithm``."""
+        if algorithm not in ALGORITHMS:
+            raise HoneError(f"unknown algorithm {algorithm!r}", where="algorithm",
+                            fix=f"use one of {', '.join(sorted(ALGORITHMS))}")
+        return {name: schema for name, schema in cls._section_fields().items() if name in ALGORITHMS[algorithm]}
+
+    @classmethod
+    def _section_fields(cls) -> dict[str, type[Section]]:
+        out = {}
+        for name, field in cls.model_fields.items():
+            ann = field.annotation
+            for t in getattr(ann, "__args__", (ann,)):
+                if isinstance(t, type) and issubclass(t, Section):
+                    out[name] = t
+        return out
+
+    @classmethod
+    def parameter_names(cls, algorithm: str) -> dict[str, str]:
+        """Flat parameter name -> owning section, for ``algorithm``."""
+        return {p: s for s, schema in cls.sections(algorithm).items() for p in schema.model_fields}
+
+    @classmethod
+    def from_flat(cls, algorithm: str, params: dict[str, Any], source: str = "keyword arguments") -> "RunConfig":
+        """Build from flat parameter names; unknown or invalid names raise :class:`HoneError`."""
+        owners = cls.parameter_names(algorithm)
+        grouped: dict[str, dict[str, Any]] = {s: {} for s in cls.sections(algorithm)}
+        for key, value in params.items():
+            if key not in owners:
+                hint = suggest(key, owners)
+                raise HoneError(
+                    f"unknown parameter {key!r} for {algorithm}" + (f": {hint}" if hint else ""),
+                    where=source,
+                    fix=f"remove it or use a valid name (`hone train {algorithm} --help` lists them)",
+                )
+            grouped[owners[key]][key] = value
+        try:
+            return cls(algorithm=algorithm, **grouped)
+        except ValidationError as err:
+            raise _validation_error(err, source) from None
+
+    def to_flat(self, *, include_volatile: bool = True) -> dict[str, Any]:
+        """All parameters, flat, JSON-serialisable (the form saved in training_params.json)."""
+        out: dict[str, Any] = {"algorithm": self.algorithm}
+        for name in self.sections(self.algorithm):
+            section: Section = getattr(self, name)
+            for key, value in section.model_dump(mode="json").items():
+                if include_volatile or key not in section.volatile:
+                    out[key] = value
+        return out
+
+
+def _validation_error(err: ValidationError, source: str) -> HoneError:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    name = loc[-1] if loc else "?"
+    if first["type"] == "missing":
+        return HoneError(f"missing required parameter {name!r}", where=source, fix=f"pass {name}")
+    given = first.get("input")
+    return HoneError(f"invalid value for {name!r}: {given!r} ({first['msg']})", where=f"{source}, parameter {name}",
+                     fix="see `hone train --help` for accepted values")
+
+
+# Which sections each algorithm uses. Later algorithms add their own section (osft, lora, ...).
+ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "sft": ("data", "train"),
+}
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML config (keys are the Python parameter names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HoneError(f"config file not found: {path}", where="--config", fix="pass the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise HoneError(f"invalid YAML: {getattr(err, 'problem', err)}", where=where, fix="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise HoneError("config file must be a mapping of parameter names to values", where=str(path),
+                        fix="write `learning_rate: 1e-5` style lines")
+    return data

@@ -1,0 +1,1 @@
+"""Data: read files, validate rows, tokenize with masking, batch padding-free."""
