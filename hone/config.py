@@ -114,8 +114,13 @@ class RunConfig(BaseModel):
         return {p: s for s, schema in cls.sections(algorithm).items() for p in schema.model_fields}
 
     @classmethod
-    def from_flat(cls, algorithm: str, params: dict[str, Any], source: str = "keyword arguments") -> "RunConfig":
-        """Build from flat parameter names; unknown or invalid names raise :class:`HoneError`."""
+    def from_flat(cls, algorithm: str, params: dict[str, Any], source: str = "keyword arguments",
+                  origins: dict[str, str] | None = None) -> "RunConfig":
+        """Build from flat parameter names; unknown or invalid names raise :class:`HoneError`.
+
+        ``origins`` maps a parameter name to where it was given (a file, a flag), for error messages.
+        """
+        origins = origins or {}
         owners = cls.parameter_names(algorithm)
         grouped: dict[str, dict[str, Any]] = {s: {} for s in cls.sections(algorithm)}
         for key, value in params.items():
@@ -123,14 +128,27 @@ class RunConfig(BaseModel):
                 hint = suggest(key, owners)
                 raise HoneError(
                     f"unknown parameter {key!r} for {algorithm}" + (f": {hint}" if hint else ""),
-                    where=source,
+                    where=origins.get(key, source),
                     fix=f"remove it or use a valid name (`hone train {algorithm} --help` lists them)",
                 )
             grouped[owners[key]][key] = value
         try:
             return cls(algorithm=algorithm, **grouped)
         except ValidationError as err:
-            raise _validation_error(err, source) from None
+            raise _validation_error(err, source, origins) from None
+
+    @classmethod
+    def from_sources(cls, algorithm: str, config_file: str | Path | None, overrides: dict[str, Any]) -> "RunConfig":
+        """YAML config file (flat keys) overlaid with explicit values (e.g. CLI flags); explicit values win."""
+        params: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        if config_file:
+            params = load_yaml_config(config_file)
+            origins = {k: f"config file {config_file}" for k in params}
+        for key, value in overrides.items():
+            params[key] = value
+            origins[key] = f"option --{key.replace('_', '-')}"
+        return cls.from_flat(algorithm, params, source="configuration", origins=origins)
 
     def to_flat(self, *, include_volatile: bool = True) -> dict[str, Any]:
         """All parameters, flat, JSON-serialisable (the form saved in training_params.json)."""
@@ -143,14 +161,16 @@ class RunConfig(BaseModel):
         return out
 
 
-def _validation_error(err: ValidationError, source: str) -> HoneError:
+def _validation_error(err: ValidationError, source: str, origins: dict[str, str]) -> HoneError:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
     name = loc[-1] if loc else "?"
     if first["type"] == "missing":
-        return HoneError(f"missing required parameter {name!r}", where=source, fix=f"pass {name}")
+        return HoneError(f"missing required parameter {name!r}", where=source,
+                         fix=f"pass {name} (CLI: --{name.replace('_', '-')})")
     given = first.get("input")
-    return HoneError(f"invalid value for {name!r}: {given!r} ({first['msg']})", where=f"{source}, parameter {name}",
+    return HoneError(f"invalid value for {name!r}: {given!r} ({first['msg']})",
+                     where=f"{origins.get(name, source)}, parameter {name}",
                      fix="see `hone train --help` for accepted values")
 
 

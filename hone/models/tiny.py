@@ -85,7 +85,7 @@ def make_tiny_model(
     )
     model = Qwen2ForCausalLM(config)
     if pretrain_steps > 0:
-        _pretrain(model, tokenizer, text, pretrain_steps, pretrain_lr, seed)
+        _pretrain(model, bpe.encode(text).ids, pretrain_steps, pretrain_lr, seed)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
@@ -94,10 +94,10 @@ def make_tiny_model(
     return save_hf_dir(model, tokenizer, output_dir)
 
 
-def _pretrain(model, tokenizer, text: str, steps: int, lr: float, seed: int, block: int = 64, batch: int = 8) -> None:
+def _pretrain(model, token_ids: list[int], steps: int, lr: float, seed: int, block: int = 64, batch: int = 8) -> None:
     # A plain next-token loop on contiguous blocks. The factory sits below the training layer (layers import
     # downward only), and a few steps of language modelling need none of the trainer's machinery.
-    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    ids = torch.tensor(token_ids, dtype=torch.long)
     n = (len(ids) - 1) // block
     if n < 1:
         raise HoneError(f"corpus too short to pretrain ({len(ids)} tokens, need > {block})", where="--corpus",

@@ -1,0 +1,105 @@
+"""The `hone` command. A thin skin: parse flags, call the library, print where things are."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from hone import __version__
+from hone.errors import HoneError
+from hone.cli.options import given, parameter_options
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="hone")
+def cli() -> None:
+    """hone: fine-tune language models with SFT, OSFT and LoRA.
+
+    \b
+    Quick start (offline, on CPU):
+      hone tiny-model --output tiny/            # a small model to experiment with
+      hone train sft --model tiny/ --data chat.jsonl --output run/ --num-epochs 3
+    """
+
+
+@cli.group()
+def train() -> None:
+    """Fine-tune a model (one sub-command per algorithm)."""
+
+
+def _train_command(algorithm: str, summary: str):
+    @train.command(name=algorithm, context_settings={"max_content_width": 110}, help=summary + """
+
+    Every parameter of the Python API is a flag (--learning-rate for learning_rate).
+    --config FILE reads a YAML file of the same names; flags override it.""")
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of parameters.")
+    @click.option("--print-config", is_flag=True, help="Print the resolved parameters as JSON and exit.")
+    @parameter_options(algorithm)
+    def command(config_file: str | None, print_config: bool, **values: Any) -> None:
+        from hone.algorithms import hooks_for
+        from hone.config import RunConfig
+        from hone.training.run import run_training
+
+        cfg = RunConfig.from_sources(algorithm, config_file, given(values, algorithm))
+        if print_config:
+            click.echo(json.dumps(cfg.to_flat(), indent=2))
+            return
+        result = run_training(cfg, hooks_for(cfg))
+        click.echo(f"\ntrained {result.steps} steps in {result.elapsed_s:.1f}s: loss {result.first_loss:.4f} -> "
+                   f"{result.final_loss:.4f}")
+        click.echo(f"  data:    {result.data_report.summary()}")
+        if result.final_model_dir:
+            click.echo(f"  model:   {result.final_model_dir}")
+        click.echo(f"  metrics: {result.metrics_path}")
+        click.echo(f"  chart:   {result.loss_chart_png}  ({result.loss_chart_html.name})")
+
+    return command
+
+
+_train_command("sft", "Supervised fine-tuning of every parameter.")
+
+
+@cli.command("tiny-model")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Directory to write the model to.")
+@click.option("--layers", default=2, show_default=True, help="Transformer blocks.")
+@click.option("--hidden", default=64, show_default=True, help="Hidden size.")
+@click.option("--heads", default=4, show_default=True, help="Attention heads.")
+@click.option("--vocab-size", default=512, show_default=True, help="BPE vocabulary size (upper bound).")
+@click.option("--seed", default=0, show_default=True, help="Seed for weights (the tokenizer is deterministic).")
+@click.option("--corpus", type=click.Path(dir_okay=False), help="Text file to train the tokenizer on "
+              "(default: the bundled corpus).")
+@click.option("--pretrain-steps", default=0, show_default=True, help="Language-modelling steps on the corpus.")
+def tiny_model(output: str, layers: int, hidden: int, heads: int, vocab_size: int, seed: int, corpus: str | None,
+               pretrain_steps: int) -> None:
+    """Build a tiny Qwen2-architecture model and tokenizer offline (for tests, demos and experiments)."""
+    from hone.models.tiny import make_tiny_model
+
+    path = make_tiny_model(output, layers=layers, hidden=hidden, heads=heads, vocab_size=vocab_size, seed=seed,
+                           corpus=corpus, pretrain_steps=pretrain_steps)
+    click.echo(f"tiny model written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: HoneError -> message on stderr, exit 2, no traceback."""
+    logging.basicConfig(level=logging.INFO, format="hone: %(message)s", stream=sys.stderr)
+    try:
+        cli.main(args=argv, prog_name="hone", standalone_mode=False)
+    except HoneError as err:
+        click.echo(f"error: {err}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
