@@ -13,4 +13,18 @@ def sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs):
     return _sft(model_path, data_path, ckpt_output_dir, **kwargs)
 
 
-__all__ = ["HoneError", "sft", "__version__"]
+def osft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs):
+    """Orthogonal Subspace Fine-Tuning. See ``hone.api.osft``."""
+    from hone.api import osft as _osft
+
+    return _osft(model_path, data_path, ckpt_output_dir, **kwargs)
+
+
+def lora_sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs):
+    """LoRA / QLoRA fine-tuning. See ``hone.api.lora_sft``."""
+    from hone.api import lora_sft as _lora_sft
+
+    return _lora_sft(model_path, data_path, ckpt_output_dir, **kwargs)
+
+
+__all__ = ["HoneError", "sft", "osft", "lora_sft", "__version__"]

@@ -27,3 +27,27 @@ def sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs: Any) ->
     """
     return train("sft", {"model_path": model_path, "data_path": data_path, "ckpt_output_dir": ckpt_output_dir,
                          **kwargs})
+
+
+def osft(model_path: str, data_path: str, ckpt_output_dir: str, *, unfreeze_rank_ratio: float,
+         **kwargs: Any) -> TrainResult:
+    """Orthogonal Subspace Fine-Tuning: learn new tasks while the top singular directions of every target
+    matrix stay frozen. ``unfreeze_rank_ratio`` in [0, 1] is the trainable fraction (1 = plain SFT).
+
+    Takes everything :func:`sft` takes, plus ``target_patterns``, ``rank_policy`` and ``osft_svd_cache_dir``.
+    """
+    return train("osft", {"model_path": model_path, "data_path": data_path, "ckpt_output_dir": ckpt_output_dir,
+                          "unfreeze_rank_ratio": unfreeze_rank_ratio, **kwargs})
+
+
+def lora_sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs: Any) -> TrainResult:
+    """LoRA (or QLoRA with ``load_in_4bit``) supervised fine-tuning through peft, with assistant-only loss.
+
+    Takes everything :func:`sft` takes, plus ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``,
+    ``use_rslora``, ``use_dora``, ``init_lora_weights``, ``load_in_4bit``, ``load_in_8bit``,
+    ``bnb_4bit_quant_type``, ``bnb_4bit_compute_dtype``, ``bnb_4bit_use_double_quant`` and ``save_merged``.
+    ``learning_rate`` defaults to 2e-4. Writes the adapter to ``hf_format/final_adapter/`` and the merged model
+    to ``hf_format/final/``.
+    """
+    return train("lora", {"model_path": model_path, "data_path": data_path, "ckpt_output_dir": ckpt_output_dir,
+                          **kwargs})

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hone.errors import HoneError, suggest
 
@@ -67,6 +67,48 @@ class TrainConfig(Section):
     progress: bool = Field(True, description="Show a progress bar.")
 
 
+class OSFTConfig(Section):
+    """Orthogonal Subspace Fine-Tuning (Nayak et al. 2025, arXiv:2504.07097)."""
+
+    unfreeze_rank_ratio: float = Field(
+        ge=0.0, le=1.0,
+        description="Fraction of each target matrix's singular directions that train (0 = all frozen, 1 = SFT).")
+    target_patterns: list[str] | None = Field(
+        None, description="Regular expressions over parameter names choosing the target matrices "
+                          "(default: attention and MLP projections of every block).")
+    rank_policy: Literal["uniform", "adaptive"] = Field(
+        "uniform", description="uniform: the same ratio everywhere; adaptive: per layer from an importance score.")
+    osft_svd_cache_dir: str | None = Field(
+        None, description="Directory caching the SVD of the targets, keyed by a hash of the weights.")
+
+
+class LoRAConfig(Section):
+    """LoRA / QLoRA adapters through peft."""
+
+    lora_r: int = Field(16, gt=0, description="Adapter rank.")
+    lora_alpha: float = Field(32, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt (default: every linear projection inside the transformer blocks).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    init_lora_weights: bool | str = Field(True, description="peft initialisation (true, false, gaussian, pissa, ...).")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4 bit (needs CUDA and bitsandbytes).")
+    load_in_8bit: bool = Field(False, description="Load the base in 8 bit (needs CUDA and bitsandbytes).")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit quantisation type.")
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Compute dtype of 4-bit layers.")
+    bnb_4bit_use_double_quant: bool = Field(True, description="Quantise the quantisation constants too.")
+    save_merged: bool = Field(True, description="Also write the merged full model to hf_format/final/.")
+
+    @field_validator("init_lora_weights", mode="before")
+    @classmethod
+    def _bool_words(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        return v
+
+
 class RunConfig(BaseModel):
     """Everything one training run needs."""
 
@@ -75,6 +117,8 @@ class RunConfig(BaseModel):
     algorithm: str
     data: DataConfig
     train: TrainConfig
+    osft: OSFTConfig | None = None
+    lora: LoRAConfig | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
@@ -132,6 +176,8 @@ class RunConfig(BaseModel):
                     fix=f"remove it or use a valid name (`hone train {algorithm} --help` lists them)",
                 )
             grouped[owners[key]][key] = value
+        for key, value in ALGORITHM_DEFAULTS.get(algorithm, {}).items():
+            grouped[owners[key]].setdefault(key, value)
         try:
             return cls(algorithm=algorithm, **grouped)
         except ValidationError as err:
@@ -174,9 +220,14 @@ def _validation_error(err: ValidationError, source: str, origins: dict[str, str]
                      fix="see `hone train --help` for accepted values")
 
 
-# Which sections each algorithm uses. Later algorithms add their own section (osft, lora, ...).
+# Which sections each algorithm uses, and the defaults it changes (Training Hub's).
 ALGORITHMS: dict[str, tuple[str, ...]] = {
     "sft": ("data", "train"),
+    "osft": ("data", "train", "osft"),
+    "lora": ("data", "train", "lora"),
+}
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"learning_rate": 2e-4},
 }
 
 

@@ -11,4 +11,12 @@ def hooks_for(cfg: RunConfig) -> AlgorithmHooks:
         from hone.algorithms.sft import SFTHooks
 
         return SFTHooks()
+    if cfg.algorithm == "osft":
+        from hone.algorithms.osft import OSFTHooks
+
+        return OSFTHooks(cfg.osft, seed=cfg.train.seed)
+    if cfg.algorithm == "lora":
+        from hone.algorithms.lora import LoRAHooks
+
+        return LoRAHooks(cfg.lora)
     raise NotImplementedError(cfg.algorithm)  # config.ALGORITHMS already rejected unknown names

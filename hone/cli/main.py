@@ -60,6 +60,10 @@ def _train_command(algorithm: str, summary: str):
 
 
 _train_command("sft", "Supervised fine-tuning of every parameter.")
+_train_command("osft", "Orthogonal Subspace Fine-Tuning: new skills without forgetting (frozen top singular "
+                       "directions; --unfreeze-rank-ratio sets the trainable fraction).")
+_train_command("lora", "LoRA / QLoRA adapters through peft, with assistant-only loss; writes the adapter and "
+                       "the merged model.")
 
 
 @cli.command("tiny-model")

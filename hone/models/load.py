@@ -72,7 +72,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(model_path: str, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-               trust_remote_code: bool = False, attn_implementation: str | None = "sdpa"):
+               trust_remote_code: bool = False, attn_implementation: str | None = "sdpa", **kwargs):
     """Load a causal LM from safetensors weights, ready for padding-free training (``use_cache=False``)."""
     from transformers import AutoModelForCausalLM
 
@@ -81,11 +81,13 @@ def load_model(model_path: str, *, dtype: torch.dtype = torch.float32, device: t
     try:
         model = AutoModelForCausalLM.from_pretrained(
             src, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-            attn_implementation=attn_implementation,
+            attn_implementation=attn_implementation, **kwargs,
         )
     except (OSError, ValueError) as err:
         raise _hub_error(model_path, err) from None
     # Packed rows restart position_ids per sample; with the KV cache enabled, SDPA lets packed samples
     # attend to each other (measured: logit difference 8.4 vs 4.5e-6), so the cache stays off in training.
     model.config.use_cache = False
+    if getattr(model, "hf_device_map", None) or getattr(model, "is_quantized", False):
+        return model  # placed by from_pretrained (quantized weights cannot be moved with .to)
     return model.to(device)

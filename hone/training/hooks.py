@@ -16,8 +16,20 @@ class AlgorithmHooks:
 
     name = "sft"
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Called once after loading (freeze, wrap, decompose...). Returns the model to train."""
+    def validate(self) -> None:
+        """Check the environment before anything is loaded (e.g. CUDA for 4-bit); raise HoneError."""
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for ``from_pretrained`` (e.g. a quantization config)."""
+        return {}
+
+    def prepare_model(self, model: torch.nn.Module, *, data=None, device: torch.device | None = None
+                      ) -> torch.nn.Module:
+        """Called once after loading (freeze, wrap, decompose...). Returns the model to train.
+
+        ``data`` (a :class:`hone.data.prepare.PreparedData`) is there for algorithms that measure the model
+        on a few batches first.
+        """
         return model
 
     def parameter_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -88,6 +88,7 @@ def run_training(cfg: RunConfig, hooks: AlgorithmHooks) -> TrainResult:
     """Validate inputs, prepare data, load the model, train, and write every output under ckpt_output_dir."""
     t = cfg.train
     out = Path(t.ckpt_output_dir)
+    hooks.validate()
     check_output_dir(out, cfg)
     device = resolve_device(t.device)
     dtype = resolve_dtype(t.dtype, device)
@@ -100,8 +101,9 @@ def run_training(cfg: RunConfig, hooks: AlgorithmHooks) -> TrainResult:
     params_path = atomic_write_text(out / PARAMS_FILE, json.dumps(cfg.to_flat(include_volatile=False), indent=2) + "\n")
 
     torch.manual_seed(t.seed)
-    model = load_model(t.model_path, dtype=dtype, device=device, trust_remote_code=t.trust_remote_code)
-    model = hooks.prepare_model(model)
+    model = load_model(t.model_path, dtype=dtype, device=device, trust_remote_code=t.trust_remote_code,
+                       **hooks.load_kwargs())
+    model = hooks.prepare_model(model, data=data, device=device)
     info = hooks.describe(model)
     log.info("model: %s trainable of %s parameters", f"{info['trainable_parameters']:,}", f"{info['total_parameters']:,}")
 
