@@ -39,7 +39,7 @@ class DataConfig(Section):
 class TrainConfig(Section):
     """The model, the optimisation and the outputs."""
 
-    volatile: ClassVar[frozenset[str]] = frozenset({"overwrite", "progress"})
+    volatile: ClassVar[frozenset[str]] = frozenset({"overwrite", "progress", "resume_from", "log_sample_ids"})
 
     model_path: str = Field(description="Base model: a local Hugging Face directory or a hub id.")
     ckpt_output_dir: str = Field(description="Output directory for checkpoints, metrics and charts.")
@@ -63,8 +63,50 @@ class TrainConfig(Section):
         "auto", description="Parameter dtype: auto = float32 on CPU, bfloat16 on GPU.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository (off unless asked).")
+    checkpoint_every_steps: int | None = Field(
+        None, gt=0, description="Write a full-state (resumable) checkpoint every N optimizer steps.")
+    accelerate_full_state_at_epoch: bool = Field(
+        False, description="Write a full-state (resumable) checkpoint at the end of every epoch.")
+    keep_last_checkpoints: int = Field(2, gt=0, description="Full-state checkpoints kept on disk (oldest removed).")
+    resume_from: str | None = Field(
+        None, description="Resume from a full-state checkpoint directory, or 'auto' for the latest complete one.")
+    log_sample_ids: bool = Field(False, description="Record each step's sample indices in training_metrics.jsonl.")
     overwrite: bool = Field(False, description="Replace an output directory that holds a different run.")
     progress: bool = Field(True, description="Show a progress bar.")
+
+
+class DistributedConfig(Section):
+    """How many processes, where they meet, and how the model is sharded (torchrun + FSDP2).
+
+    Launch values not given are read from the ``PET_*`` variables Kubeflow Trainer sets, then defaulted.
+    """
+
+    volatile: ClassVar[frozenset[str]] = frozenset(
+        {"nproc_per_node", "nnodes", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port"})
+
+    nproc_per_node: int | Literal["auto", "gpu"] | None = Field(
+        None, description="Processes per node: an int, auto (GPUs, else 1) or gpu (every GPU). Default: "
+                          "$PET_NPROC_PER_NODE or 1.")
+    nnodes: int | None = Field(None, gt=0, description="Number of nodes (default $PET_NNODES or 1).")
+    node_rank: int | None = Field(None, ge=0, description="This node's rank (default $PET_NODE_RANK or 0).")
+    rdzv_id: str | None = Field(None, description="Rendezvous id shared by all nodes (c10d rendezvous).")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous (not with master_addr).")
+    master_addr: str | None = Field(None, description="Address of rank 0 (static rendezvous; not with rdzv_endpoint).")
+    master_port: int | None = Field(None, gt=0, lt=65536, description="Port of rank 0 (default 29500).")
+    fsdp_sharding_strategy: Literal["FULL_SHARD", "HYBRID_SHARD", "SHARD_GRAD_OP", "NO_SHARD"] = Field(
+        "FULL_SHARD", description="FSDP2 sharding when more than one process runs (NO_SHARD = DDP).")
+    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
+
+    @model_validator(mode="after")
+    def _one_rendezvous(self) -> "DistributedConfig":
+        if self.rdzv_endpoint and (self.master_addr or self.master_port):
+            raise HoneError("master_addr/master_port and rdzv_endpoint are mutually exclusive",
+                            where="parameters master_addr, master_port, rdzv_endpoint",
+                            fix="use master_addr/master_port (static) or rdzv_endpoint (c10d), not both")
+        if isinstance(self.nproc_per_node, int) and self.nproc_per_node < 1:
+            raise HoneError(f"nproc_per_node must be at least 1 (got {self.nproc_per_node})",
+                            where="nproc_per_node", fix="pass a positive int, auto or gpu")
+        return self
 
 
 class OSFTConfig(Section):
@@ -117,6 +159,7 @@ class RunConfig(BaseModel):
     algorithm: str
     data: DataConfig
     train: TrainConfig
+    distributed: DistributedConfig
     osft: OSFTConfig | None = None
     lora: LoRAConfig | None = None
 
@@ -222,9 +265,9 @@ def _validation_error(err: ValidationError, source: str, origins: dict[str, str]
 
 # Which sections each algorithm uses, and the defaults it changes (Training Hub's).
 ALGORITHMS: dict[str, tuple[str, ...]] = {
-    "sft": ("data", "train"),
-    "osft": ("data", "train", "osft"),
-    "lora": ("data", "train", "lora"),
+    "sft": ("data", "train", "distributed"),
+    "osft": ("data", "train", "distributed", "osft"),
+    "lora": ("data", "train", "distributed", "lora"),
 }
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {"learning_rate": 2e-4},

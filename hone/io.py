@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``dest`` in one rename.
@@ -20,6 +26,11 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         yield tmp
+        # mkdtemp makes the directory private (0700); published outputs follow the umask like any other
+        mask = _umask()
+        tmp.chmod(0o777 & ~mask)
+        for f in tmp.rglob("*"):
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~mask)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             shutil.rmtree(old, ignore_errors=True)
@@ -41,6 +52,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

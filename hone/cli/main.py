@@ -48,6 +48,10 @@ def _train_command(algorithm: str, summary: str):
             click.echo(json.dumps(cfg.to_flat(), indent=2))
             return
         result = run_training(cfg, hooks_for(cfg))
+        if result.status == "preempted":
+            click.echo(f"\nstopped on SIGTERM after step {result.steps}: full state saved under "
+                       f"{result.output_dir / 'checkpoints'}; rerun with --resume-from auto to continue")
+            return
         click.echo(f"\ntrained {result.steps} steps in {result.elapsed_s:.1f}s: loss {result.first_loss:.4f} -> "
                    f"{result.final_loss:.4f}")
         click.echo(f"  data:    {result.data_report.summary()}")

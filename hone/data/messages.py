@@ -24,6 +24,8 @@ def validate_messages(row: Any, *, unmask_messages: bool = False) -> str | None:
         if role not in ROLES:
             return f"messages[{i}] has unknown role {role!r} (allowed: {', '.join(ROLES)})"
         content = m.get("content")
+        if content is None and m.get("tool_calls"):
+            content = ""  # OpenAI style: a tool-call-only turn has null content
         if not isinstance(content, str):
             return f"messages[{i}] ({role}) content is {type(content).__name__}, expected a string"
         if not content.strip() and not m.get("tool_calls"):

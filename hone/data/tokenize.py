@@ -60,12 +60,14 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False
 
 
 def trainable_spans(tokenizer, messages: list[dict[str, Any]], *, unmask_messages: bool = False
-                    ) -> tuple[str, list[tuple[int, int, int]]]:
-    """Render ``messages`` and return ``(text, spans)``.
+                    ) -> tuple[str, list[tuple[int, int, int, int | None]]]:
+    """Render ``messages`` and return ``(text, spans)``, one span per trained message.
 
-    Each span is ``(start, content_end, limit)`` in characters: a trained turn from the start of what the
-    model generates to the end of its content; the caller extends it through the end-of-turn token, which
-    must start before ``limit`` (where the next message's text begins).
+    A span is ``(start, content_end, limit, turn_end)`` in characters. ``start`` is where the model's output
+    begins (after the generation prompt for assistant turns); ``turn_end`` is where the message's rendering
+    ends (from rendering the conversation up to it), or None when the template does not render prefixes
+    consistently — the caller then trains through the first special token after ``content_end`` that starts
+    before ``limit`` (where the next message's text begins).
     """
     trained = [m["role"] == "assistant" or (unmask_messages and m["role"] != "system") for m in messages]
     located: list[tuple[int, str]] = []  # (message index, field) per sentinel number
@@ -96,20 +98,33 @@ def trainable_spans(tokenizer, messages: list[dict[str, Any]], *, unmask_message
         by_message.setdefault(located[n][0], []).append(span)
     starts = sorted(s for s, _ in value_spans) + [len(text)]
     spans = []
-    for i, vs in sorted(by_message.items()):
-        if not trained[i]:
-            continue
-        start, content_end = min(s for s, _ in vs), max(e for _, e in vs)
-        limit = next(s for s in starts if s >= content_end)
-        if messages[i]["role"] == "assistant":
-            try:
-                prompt = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else None
-            except Exception:  # e.g. a template that insists on a full conversation: keep the content start
-                prompt = None
-            if prompt is not None and text.startswith(prompt) and len(prompt) <= start:
-                start = len(prompt)
-        spans.append((start, content_end, limit))
+    for i in (i for i, t in enumerate(trained) if t):
+        before = _prefix_end(tokenizer, messages[:i], text, add_generation_prompt=messages[i]["role"] == "assistant")
+        turn_end = _prefix_end(tokenizer, messages[:i + 1], text)
+        vs = by_message.get(i)
+        if vs:
+            start, content_end = min(s for s, _ in vs), max(e for _, e in vs)
+            if messages[i]["role"] == "assistant" and before is not None and before <= start:
+                start = before
+        elif before is not None and turn_end is not None and before < turn_end:
+            start = content_end = before  # no text fields (e.g. only tool calls): the whole rendered turn
+        else:
+            continue  # rendered nowhere we can find: nothing to train in this message
+        if turn_end is not None and turn_end < content_end:
+            turn_end = None
+        spans.append((start, content_end, next(s for s in starts if s >= content_end), turn_end))
     return text, spans
+
+
+def _prefix_end(tokenizer, messages: list[dict], text: str, add_generation_prompt: bool = False) -> int | None:
+    """Length of the rendering of ``messages`` when it is a prefix of ``text`` (else None)."""
+    if not messages:
+        return 0 if not add_generation_prompt else None
+    try:
+        prefix = _render(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+    except Exception:  # e.g. a template that insists on a complete conversation
+        return None
+    return len(prefix) if text.startswith(prefix) else None
 
 
 def _walk(text: str, pieces: list[str], values: list[str]) -> list[tuple[int, int]]:
@@ -146,25 +161,40 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, Any]], *, unmask_m
     """Tokenize one conversation; labels are -100 except the trained turns and their end-of-turn token."""
     if messages and messages[0]["role"] == "pretraining":
         return tokenize_document(tokenizer, "\n".join(m["content"] for m in messages))
+    messages = [m if m.get("content") is not None else {**m, "content": ""} for m in messages]
     text, spans = trainable_spans(tokenizer, messages, unmask_messages=unmask_messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     special = special_ids if special_ids is not None else special_token_ids(tokenizer)
     labels = [IGNORE] * len(ids)
     t = 0
-    for start, content_end, limit in spans:
+    for start, content_end, limit, turn_end in spans:
         while t < len(ids) and offsets[t][1] <= start:
             t += 1
+        first = t
+        if turn_end is not None:
+            # the whole rendered turn, through its last special token (the end-of-turn), not the separator after
+            while t < len(ids) and offsets[t][0] < turn_end:
+                t += 1
+            ends = [u for u in range(first, t) if ids[u] in special and offsets[u][0] >= content_end]
+            if ends:
+                stop = ends[-1] + 1
+            elif content_end > start:  # no end-of-turn token: the template's separator is not the model's
+                stop = next((u for u in range(first, t) if offsets[u][0] >= content_end), t)
+            else:
+                stop = t
+            labels[first:stop] = ids[first:stop]
+            t = stop
+            continue
         while t < len(ids) and offsets[t][0] < content_end:  # tokens overlapping the turn
-            labels[t] = ids[t]
             t += 1
         # extend through the end-of-turn token: the first special token before the next message's text
         u = t
         while u < len(ids) and offsets[u][0] < limit and ids[u] not in special:
             u += 1
-        if u < len(ids) and offsets[u][0] < limit and ids[u] in special:
-            labels[t:u + 1] = ids[t:u + 1]
-            t = u + 1
+        stop = u + 1 if u < len(ids) and offsets[u][0] < limit and ids[u] in special else t
+        labels[first:stop] = ids[first:stop]
+        t = stop
     return Tokenized(list(ids), labels)
 
 

@@ -57,11 +57,16 @@ class AlgorithmHooks:
         """The plain Hugging Face model to save (e.g. with adapters merged)."""
         return model
 
-    def save(self, model: torch.nn.Module, tokenizer, hf_root: Path, name: str) -> Path:
-        """Write the checkpoint ``hf_root/name`` in Hugging Face format (atomically)."""
+    def save(self, model: torch.nn.Module, tokenizer, hf_root: Path, name: str,
+             state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the checkpoint ``hf_root/name`` in Hugging Face format (atomically), on rank 0.
+
+        ``state_dict`` is the whole model gathered from every rank when training is sharded (the local
+        ``model`` then holds only a shard); None in single-process runs.
+        """
         from hone.models.save import save_hf_dir
 
-        return save_hf_dir(self.export_model(model), tokenizer, hf_root / name)
+        return save_hf_dir(self.export_model(model), tokenizer, hf_root / name, state_dict=state_dict)
 
     def describe(self, model: torch.nn.Module) -> dict[str, Any]:
         """Figures for the run report (trainable / total parameters)."""

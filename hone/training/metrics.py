@@ -29,6 +29,14 @@ class MetricsWriter:
         self._fh.close()
 
 
+def truncate_metrics(path: str | Path, last_step: int) -> None:
+    """Keep only the records of steps <= ``last_step`` (resuming redoes the later ones)."""
+    path = Path(path)
+    if path.is_file():
+        kept = [m for m in read_metrics(path) if m["step"] <= last_step]
+        atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in kept))
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     with Path(path).open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]

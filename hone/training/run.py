@@ -1,10 +1,14 @@
-"""One training run from a resolved configuration: data -> model -> algorithm hooks -> trainer -> outputs."""
+"""One training run from a resolved configuration: data -> model -> algorithm hooks -> trainer -> outputs.
+
+With more than one process asked for (and not already under torchrun) the run is handed to torchrun, whose
+workers come back here; every rank prepares the same data and model, rank 0 writes the shared outputs.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +19,20 @@ from hone.data.prepare import DataReport, prepare_data
 from hone.errors import HoneError
 from hone.io import atomic_write_text
 from hone.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype
+from hone.training.checkpoint import checkpoints_dir, latest_checkpoint, resolve_resume
+from hone.training.distributed import DistEnv, barrier, destroy, init_distributed, local_device, shard_model
 from hone.training.hooks import AlgorithmHooks
+from hone.training.launch import launch, needs_launch, resolve_launch
 from hone.training.metrics import read_metrics, write_loss_charts
 from hone.training.trainer import train
 
 log = logging.getLogger("hone")
 
 PARAMS_FILE = "training_params.json"
+RESULT_FILE = "training_result.json"
 # What a run writes into ckpt_output_dir; --overwrite removes exactly these, never anything else.
-RUN_OUTPUTS = ("hf_format", "data", "training_metrics.jsonl", "loss_chart.png", "loss_chart.html", PARAMS_FILE,
-               "training_result.json")
+RUN_OUTPUTS = ("hf_format", "data", "checkpoints", "training_metrics.jsonl", "loss_chart.png", "loss_chart.html",
+               PARAMS_FILE, RESULT_FILE, ".hone-launch.json")
 
 
 @dataclass
@@ -48,14 +56,29 @@ class TrainResult:
     elapsed_s: float
     data_report: DataReport
     model_info: dict[str, Any] = field(default_factory=dict)
+    status: str = "completed"  # or "preempted" (SIGTERM: a full-state checkpoint was written)
+    resumed_from: Path | None = None
+    world_size: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        return json.loads(json.dumps(d, default=str))
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TrainResult":
+        paths = {"output_dir", "final_model_dir", "metrics_path", "loss_chart_png", "loss_chart_html",
+                 "params_path", "data_dir", "resumed_from"}
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for k in paths:
+            if kw.get(k) is not None:
+                kw[k] = Path(kw[k])
+        kw["checkpoints"] = [Path(p) for p in kw.get("checkpoints", [])]
+        kw["data_report"] = DataReport(**kw["data_report"])
+        return cls(**kw)
 
 
-def check_output_dir(out: Path, cfg: RunConfig) -> None:
-    """Refuse an output directory that holds a different run (or unrelated files) unless overwrite is set."""
+def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
+    """Refuse an output directory that holds a different run (or unrelated files) unless overwrite is set,
+    and a directory holding this run's checkpoints unless resuming."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -67,21 +90,29 @@ def check_output_dir(out: Path, cfg: RunConfig) -> None:
         current = cfg.to_flat(include_volatile=False)
         diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
         if not diff:
-            return
-        what = f"{out} holds a different run (differs in: {', '.join(diff[:8])})"
-    elif any(out.iterdir()):
+            if cfg.train.resume_from is None and latest_checkpoint(out) and not cfg.train.overwrite:
+                raise HoneError(f"{out} holds resumable checkpoints of this run", where="ckpt_output_dir",
+                                fix="pass resume_from='auto' (--resume-from auto) to continue it, or overwrite=True "
+                                    "to start again")
+            if not cfg.train.overwrite:
+                return
+            what = ""
+        else:
+            what = f"{out} holds a different run (differs in: {', '.join(diff[:8])})"
+    elif any(p.name != ".hone-launch.json" for p in out.iterdir()):
         what = f"{out} is not empty and holds no hone run"
     else:
         return
     if not cfg.train.overwrite:
         raise HoneError(what, where="ckpt_output_dir", fix="choose a new ckpt_output_dir, or pass --overwrite "
                         "(overwrite=True) to replace that run's outputs")
-    for name in RUN_OUTPUTS:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    if remove:
+        for name in RUN_OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
 
 
 def run_training(cfg: RunConfig, hooks: AlgorithmHooks) -> TrainResult:
@@ -89,35 +120,82 @@ def run_training(cfg: RunConfig, hooks: AlgorithmHooks) -> TrainResult:
     t = cfg.train
     out = Path(t.ckpt_output_dir)
     hooks.validate()
-    check_output_dir(out, cfg)
+    plan = resolve_launch(cfg.distributed)
+    if needs_launch(plan):
+        return _launch(cfg, plan)
+
     device = resolve_device(t.device)
+    env = init_distributed(device)
+    try:
+        return _run(cfg, hooks, out, local_device(device, env), env)
+    finally:
+        destroy(env)
+
+
+def _launch(cfg: RunConfig, plan) -> TrainResult:
+    out = Path(cfg.train.ckpt_output_dir)
+    check_output_dir(out, cfg)
+    resolve_resume(cfg.train.resume_from, out)
+    # the workers must not redo the overwrite (it would delete what the launcher just wrote)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"overwrite": False})})
+    log.info("launching torchrun: %d node(s) x %d process(es)", plan.nnodes, plan.nproc_per_node)
+    code = launch(cfg, plan)
+    if code != 0:
+        raise HoneError(f"distributed training failed (torchrun exit status {code})", where="the worker log above",
+                        fix="read the first error printed by a worker")
+    result_file = out / RESULT_FILE
+    if plan.node_rank != 0:
+        raise HoneError("this node is not node 0: outputs are written by node 0", where="node_rank",
+                        fix="read the results on node 0 (or the shared volume)")
+    return TrainResult.from_json(json.loads(result_file.read_text()))
+
+
+def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device, env: DistEnv) -> TrainResult:
+    t = cfg.train
+    check_output_dir(out, cfg, remove=env.is_main)
+    barrier(env)
+    resume = resolve_resume(t.resume_from, out)
     dtype = resolve_dtype(t.dtype, device)
 
     # Everything that can fail on the user's input fails here, before any weights are loaded.
     tokenizer = load_tokenizer(t.model_path, trust_remote_code=t.trust_remote_code)
     data_dir = Path(cfg.data.data_output_dir) if cfg.data.data_output_dir else out / "data"
-    data = prepare_data(cfg.data, tokenizer, data_dir)
-    log.info("data: %s", data.report.summary())
-    params_path = atomic_write_text(out / PARAMS_FILE, json.dumps(cfg.to_flat(include_volatile=False), indent=2) + "\n")
+    data = prepare_data(cfg.data, tokenizer, data_dir if env.is_main else None)
+    params_path = out / PARAMS_FILE
+    if env.is_main:
+        log.info("data: %s", data.report.summary())
+        atomic_write_text(params_path, json.dumps(cfg.to_flat(include_volatile=False), indent=2) + "\n")
 
     torch.manual_seed(t.seed)
     model = load_model(t.model_path, dtype=dtype, device=device, trust_remote_code=t.trust_remote_code,
                        **hooks.load_kwargs())
     model = hooks.prepare_model(model, data=data, device=device)
     info = hooks.describe(model)
-    log.info("model: %s trainable of %s parameters", f"{info['trainable_parameters']:,}", f"{info['total_parameters']:,}")
+    if env.is_main:
+        log.info("model: %s trainable of %s parameters%s", f"{info['trainable_parameters']:,}",
+                 f"{info['total_parameters']:,}", f"; resuming from {resume}" if resume else "")
+    model = shard_model(model, cfg.distributed, env, device)
 
-    summary = train(model, tokenizer, data, t, hooks, out, device)
-    metrics = read_metrics(out / "training_metrics.jsonl")
-    png, page = write_loss_charts(metrics, out, title=f"{hooks.name} training loss") if metrics else (
-        out / "loss_chart.png", out / "loss_chart.html")
-    final = out / "hf_format" / "final"
+    summary = train(model, tokenizer, data, t, hooks, out, device, env, resume=resume)
+    final = summary.checkpoints[-1] if t.save_final_checkpoint and summary.checkpoints and not summary.preempted \
+        else None
+    png, page = out / "loss_chart.png", out / "loss_chart.html"
     result = TrainResult(
-        output_dir=out, final_model_dir=final if t.save_final_checkpoint else None, checkpoints=summary.checkpoints,
-        metrics_path=out / "training_metrics.jsonl", loss_chart_png=png, loss_chart_html=page,
-        params_path=params_path, data_dir=data_dir, steps=summary.steps, epochs_completed=summary.epochs_completed,
-        first_loss=summary.first_loss, final_loss=summary.final_loss, samples_trained=summary.samples_seen,
-        tokens_trained=summary.tokens_seen, elapsed_s=summary.elapsed_s, data_report=data.report, model_info=info,
+        output_dir=out, final_model_dir=final,
+        checkpoints=summary.checkpoints, metrics_path=out / "training_metrics.jsonl", loss_chart_png=png,
+        loss_chart_html=page, params_path=params_path, data_dir=data_dir, steps=summary.steps,
+        epochs_completed=summary.epochs_completed, first_loss=summary.first_loss, final_loss=summary.final_loss,
+        samples_trained=summary.samples_seen, tokens_trained=summary.tokens_seen, elapsed_s=summary.elapsed_s,
+        data_report=data.report, model_info=info, status="preempted" if summary.preempted else "completed",
+        resumed_from=summary.resumed_from, world_size=env.world_size,
     )
-    atomic_write_text(out / "training_result.json", json.dumps(result.to_json(), indent=2) + "\n")
+    if env.is_main:
+        metrics = read_metrics(result.metrics_path)
+        if metrics:
+            write_loss_charts(metrics, out, title=f"{hooks.name} training loss")
+        atomic_write_text(out / RESULT_FILE, json.dumps(result.to_json(), indent=2) + "\n")
+        if summary.preempted:
+            log.info("stopped on SIGTERM after step %d; full state saved under %s (resume with resume_from='auto')",
+                     summary.steps, checkpoints_dir(out))
+    barrier(env)
     return result

@@ -50,6 +50,10 @@ PLAIN_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '### Assistant:\\n' }}{%- endif %}"
 )
 
+# (e) Plain text with one EOS at the very end of the conversation: the only special token is far past
+# every turn but the last.
+PLAIN_EOS_TEMPLATE = PLAIN_TEMPLATE + "{%- if not add_generation_prompt %}{{- eos_token }}{%- endif %}"
+
 # ChatML that also renders tool calls after the content (Qwen-style).
 TOOLS_TEMPLATE = (
     "{%- for m in messages %}"
@@ -102,8 +106,20 @@ def plain_tok(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def tools_tok(tiny_model_dir):
+def plain_eos_tok(tiny_model_dir):
     t = AutoTokenizer.from_pretrained(tiny_model_dir)
+    t.chat_template = PLAIN_EOS_TEMPLATE
+    return t
+
+
+@pytest.fixture(scope="module", params=["plain_markers", "special_markers"])
+def tools_tok(request, tiny_model_dir):
+    t = AutoTokenizer.from_pretrained(tiny_model_dir)
+    if request.param == "special_markers":
+        # Hermes/Qwen-style: the tool-call markers are special tokens themselves, so the first special token
+        # after the content is not the end of the turn
+        t.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>"]},
+                             replace_extra_special_tokens=False)
     t.chat_template = TOOLS_TEMPLATE
     return t
 
@@ -269,6 +285,17 @@ def test_template_without_special_tokens_unmask_messages(plain_tok):
     assert runs == ["Hi there", "Hello friend."]
 
 
+def test_end_of_turn_search_stops_at_the_next_message(plain_eos_tok):
+    msgs = [{"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello friend."},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Goodbye now."}]
+    text, _, runs = trained(plain_eos_tok, msgs)
+    assert text.endswith("### Assistant:\nGoodbye now.\n<|im_end|>")
+    # the first turn must not run on through the next user turn to the final EOS; the last one ends with it
+    assert runs == ["Hello friend.", "Goodbye now.\n<|im_end|>"]
+
+
 # -- tool calls --------------------------------------------------------------------------------------------
 
 def test_tool_call_after_content_is_trained(tools_tok):
@@ -281,8 +308,6 @@ def test_tool_call_after_content_is_trained(tools_tok):
     assert runs == ["Checking.<tool_call>get_weather</tool_call><|im_end|>", "It is sunny.<|im_end|>"]
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: an assistant turn with empty content (tool calls only) "
-                                       "gets no sentinel in trainable_spans, so nothing of it is trained")
 def test_tool_call_only_assistant_turn_is_trained(tools_tok):
     # validate_messages accepts empty content when tool_calls is set, so this is a supported sample
     msgs = [{"role": "user", "content": "Weather?"},
@@ -292,6 +317,19 @@ def test_tool_call_only_assistant_turn_is_trained(tools_tok):
             {"role": "assistant", "content": "It is sunny."}]
     _, _, runs = trained(tools_tok, msgs)
     assert runs == ["<tool_call>get_weather</tool_call><|im_end|>", "It is sunny.<|im_end|>"]
+
+
+def test_tool_calls_with_unmask_messages(tools_tok):
+    msgs = [{"role": "system", "content": "Use tools."},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {}}}]},
+            {"role": "tool", "content": "Sunny"},
+            {"role": "assistant", "content": "It is sunny."}]
+    _, unmasked, runs = trained(tools_tok, msgs, unmask_messages=True)
+    assert runs == ["Weather?<|im_end|>", "<tool_call>get_weather</tool_call><|im_end|>", "Sunny<|im_end|>",
+                    "It is sunny.<|im_end|>"]
+    assert unmasked == "".join(runs)
 
 
 # -- pretraining messages -----------------------------------------------------------------------------------

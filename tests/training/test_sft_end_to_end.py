@@ -19,6 +19,16 @@ from hone.models.tiny import CHATML_TEMPLATE
 from hone.training.metrics import read_metrics
 from hone.training.run import PARAMS_FILE, run_training
 
+@pytest.fixture(autouse=True)
+def _single_cpu_thread():
+    """The tiny model is far too small to gain from intra-op threads, and with other processes on a 2-core box
+    torch's spinning worker threads make each step up to ten times slower; one thread keeps timings stable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 QA = [
     ("what colour is the sky", "the sky is blue"),
     ("what do cats say", "cats say meow"),
@@ -29,6 +39,8 @@ QA = [
     ("when is it dark", "it is dark at night"),
     ("what do birds do", "birds fly over the trees and sing in the morning"),
 ]
+
+CPU = {"device": "cpu", "dtype": "float32"}  # the same numbers on a machine with a GPU
 
 METRIC_KEYS = {"step", "epoch", "loss", "lr", "grad_norm", "num_samples", "num_loss_tokens", "num_tokens",
                "tokens_per_second", "elapsed_s", "peak_memory_gb"}
@@ -57,7 +69,7 @@ def test_sft_memorises_small_dataset(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "run"
     result = hone.sft(str(tiny_model_dir), str(data_file), str(out), num_epochs=20, effective_batch_size=4,
                       learning_rate=3e-3, lr_scheduler="constant", max_seq_len=64, max_tokens_per_gpu=64,
-                      checkpoint_at_epoch=False, seed=0, progress=False)
+                      checkpoint_at_epoch=False, seed=0, progress=False, **CPU)
     metrics = read_metrics(out / "training_metrics.jsonl")
     assert result.steps == len(metrics) == 40
     assert result.first_loss == pytest.approx(metrics[0]["loss"])
@@ -80,8 +92,8 @@ class CapturingSFTHooks(SFTHooks):
 
     model = None
 
-    def prepare_model(self, model):
-        self.model = super().prepare_model(model)
+    def prepare_model(self, model, **kwargs):
+        self.model = super().prepare_model(model, **kwargs)
         return self.model
 
 
@@ -148,7 +160,7 @@ def test_run_outputs(tiny_model_dir, data_file, tmp_path):
     lr, ebs, epochs = 2e-3, 3, 3
     kwargs = dict(num_epochs=epochs, effective_batch_size=ebs, learning_rate=lr, lr_scheduler="constant_with_warmup",
                   warmup_steps=2, max_seq_len=64, max_tokens_per_gpu=80, checkpoint_at_epoch=True, seed=7,
-                  progress=False)
+                  progress=False, **CPU)
     result = hone.sft(str(tiny_model_dir), str(data_file), str(out), **kwargs)
     n = len(QA)
     per_epoch = math.ceil(n / ebs)  # 3 steps: 3 + 3 + 2 samples
@@ -158,7 +170,7 @@ def test_run_outputs(tiny_model_dir, data_file, tmp_path):
     metrics = [json.loads(line) for line in lines]
     assert len(metrics) == per_epoch * epochs == result.steps
     for m in metrics:
-        assert set(m) == METRIC_KEYS, set(m) ^ METRIC_KEYS
+        assert METRIC_KEYS <= set(m), METRIC_KEYS - set(m)
         assert math.isfinite(m["loss"]) and m["loss"] > 0
         assert m["grad_norm"] >= 0 and m["tokens_per_second"] > 0 and m["peak_memory_gb"] > 0
         assert 0 < m["num_loss_tokens"] < m["num_tokens"]
@@ -221,7 +233,8 @@ def test_run_outputs(tiny_model_dir, data_file, tmp_path):
 def test_max_steps_stops_early_and_checkpoints_only_complete_epochs(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "run"
     result = hone.sft(str(tiny_model_dir), str(data_file), str(out), num_epochs=3, effective_batch_size=3,
-                      max_steps=4, learning_rate=1e-3, max_seq_len=64, max_tokens_per_gpu=64, progress=False)
+                      max_steps=4, learning_rate=1e-3, max_seq_len=64, max_tokens_per_gpu=64, progress=False,
+                      **CPU)
     metrics = read_metrics(out / "training_metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert [m["epoch"] for m in metrics] == [1, 1, 1, 2]
@@ -234,7 +247,7 @@ def test_no_checkpoints_when_disabled(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "run"
     result = hone.sft(str(tiny_model_dir), str(data_file), str(out), num_epochs=1, effective_batch_size=8,
                       checkpoint_at_epoch=False, save_final_checkpoint=False, max_seq_len=64,
-                      max_tokens_per_gpu=64, progress=False)
+                      max_tokens_per_gpu=64, progress=False, **CPU)
     assert result.final_model_dir is None and result.checkpoints == []
     assert not (out / "hf_format").exists() or not any((out / "hf_format").iterdir())
     assert len(read_metrics(out / "training_metrics.jsonl")) == 1
@@ -243,7 +256,7 @@ def test_no_checkpoints_when_disabled(tiny_model_dir, data_file, tmp_path):
 def test_output_dir_of_a_different_run_is_refused(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "run"
     common = dict(num_epochs=1, effective_batch_size=8, max_seq_len=64, max_tokens_per_gpu=64,
-                  checkpoint_at_epoch=False, progress=False)
+                  checkpoint_at_epoch=False, progress=False, **CPU)
     hone.sft(str(tiny_model_dir), str(data_file), str(out), learning_rate=1e-3, **common)
     with pytest.raises(HoneError, match="learning_rate"):
         hone.sft(str(tiny_model_dir), str(data_file), str(out), learning_rate=2e-3, **common)

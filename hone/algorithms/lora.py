@@ -1,0 +1,311 @@
+"""LoRA and QLoRA through peft, on the one trainer.
+
+The base model is frozen and peft adds low-rank adapters to chosen modules (by default every linear projection
+inside the transformer blocks, found from the model's modules). ``load_in_4bit`` / ``load_in_8bit`` load the base
+through bitsandbytes (QLoRA); that needs a CUDA GPU and bitsandbytes, checked before any weights are loaded.
+
+Each checkpoint ``hf_format/<name>`` is written twice, atomically:
+
+- ``<name>_adapter/``: the adapter in peft format (``PeftModel.from_pretrained(base, dir)``) with the tokenizer;
+- ``<name>/``: the merged full model (plain transformers) with the tokenizer, unless ``save_merged`` is False.
+
+The merged model is built on the CPU from the base weights on disk plus a copy of the adapter: the model being
+trained is never merged, moved or re-seeded, so training after an epoch checkpoint goes on bit for bit as if
+no checkpoint had been written.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hone.config import LoRAConfig
+from hone.errors import HoneError
+from hone.io import atomic_dir
+from hone.training.hooks import AlgorithmHooks
+
+ADAPTER_SUFFIX = "_adapter"
+# init_lora_weights values that leave the base weights untouched and need no extra data pass. PiSSA, OLoRA and
+# CorDA rewrite the base weights (the saved adapter would then not apply to the original base); EVA, LoftQ and
+# LoRA-GA need a preparation step of their own.
+SUPPORTED_INITS = (True, False, "gaussian", "orthogonal")
+# Entries of target_modules that mean "the default" (peft's spelling is accepted too).
+DEFAULT_TARGET_WORDS = ("all-linear", "all_linear")
+
+
+def adapter_dir(hf_root: str | Path, name: str) -> Path:
+    """Where the adapter of checkpoint ``name`` is written (``hf_format/final_adapter`` for ``final``)."""
+    return Path(hf_root) / f"{name}{ADAPTER_SUFFIX}"
+
+
+def _linear_types() -> tuple[type, ...]:
+    types: list[type] = [nn.Linear]  # bitsandbytes' Linear4bit / Linear8bitLt subclass nn.Linear
+    try:
+        from transformers.pytorch_utils import Conv1D  # GPT-2 style projections
+
+        types.append(Conv1D)
+    except ImportError:  # pragma: no cover - transformers always has it
+        pass
+    return tuple(types)
+
+
+def transformer_blocks(model: nn.Module) -> list[str]:
+    """Names of the transformer blocks of ``model``, found from its modules (never from the model's name).
+
+    The blocks are the modules whose class the model lists in ``_no_split_modules`` (Hugging Face's notion of
+    "one transformer block"); failing that, the elements of every ``nn.ModuleList`` of identical modules.
+    """
+    block_classes = set(getattr(model, "_no_split_modules", None) or ())
+    names = [n for n, m in model.named_modules() if n and type(m).__name__ in block_classes]
+    if not names:
+        for n, m in model.named_modules():
+            if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
+                names.extend(f"{n}.{i}" if n else str(i) for i in range(len(m)))
+    # keep the outermost blocks only
+    names.sort(key=len)
+    outer: list[str] = []
+    for n in names:
+        if not any(n.startswith(o + ".") for o in outer):
+            outer.append(n)
+    return outer
+
+
+def _plain_class(model: nn.Module) -> type:
+    """The model's own class (FSDP2's ``fully_shard`` swaps in a generated ``FSDP<Class>`` subclass)."""
+    cls = type(model)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch builds without distributed
+        return cls
+    return next(c for c in cls.__mro__ if not issubclass(c, FSDPModule))
+
+
+def _matches(module_name: str, entry: str) -> bool:
+    """peft's rule for a list entry of target_modules: the module's full name or its dotted suffix."""
+    return module_name == entry or module_name.endswith("." + entry)
+
+
+def default_target_modules(model: nn.Module) -> list[str]:
+    """Every linear projection inside the transformer blocks.
+
+    Returns the projections' short names (``q_proj``, ``k_proj``, ... in model order) when those names pick out
+    exactly those modules; if a short name also names a linear layer outside the blocks (e.g. in a vision tower
+    or a head), the full module names are returned instead so that nothing outside the blocks is adapted.
+    """
+    blocks = transformer_blocks(model)
+    if not blocks:
+        raise HoneError(f"cannot find the transformer blocks of {type(model).__name__}",
+                        where="parameter target_modules",
+                        fix="name the modules to adapt with target_modules (e.g. q_proj v_proj)")
+    linear = _linear_types()
+    inside: list[str] = []
+    outside: list[str] = []
+    for n, m in model.named_modules():
+        if isinstance(m, linear):
+            (inside if any(n.startswith(b + ".") for b in blocks) else outside).append(n)
+    if not inside:
+        raise HoneError(f"the transformer blocks of {type(model).__name__} hold no linear layer",
+                        where="parameter target_modules", fix="name the modules to adapt with target_modules")
+    short = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in inside))
+    if any(_matches(n, s) for n in outside for s in short):
+        return inside
+    return short
+
+
+class LoRAHooks(AlgorithmHooks):
+    """Adapters through peft; the base stays frozen (and quantized with QLoRA)."""
+
+    name = "lora"
+
+    def __init__(self, cfg: LoRAConfig | None = None):
+        self.cfg = cfg or LoRAConfig()
+        self.target_modules: list[str] | None = None
+        self._base_dtype: torch.dtype | None = None
+
+    # -- before loading --------------------------------------------------------------------------------------
+    @property
+    def quantization(self) -> str | None:
+        return "4bit" if self.cfg.load_in_4bit else "8bit" if self.cfg.load_in_8bit else None
+
+    def validate(self) -> None:
+        c = self.cfg
+        if importlib.util.find_spec("peft") is None:
+            raise HoneError("LoRA needs the peft package, which is not installed", where="algorithm lora",
+                            fix="pip install 'hone[lora]'")
+        if c.load_in_4bit and c.load_in_8bit:
+            raise HoneError("load_in_4bit and load_in_8bit are both set", where="parameters load_in_4bit and "
+                            "load_in_8bit", fix="choose one: load_in_4bit (QLoRA, least memory) or load_in_8bit")
+        if c.init_lora_weights not in SUPPORTED_INITS:
+            raise HoneError(
+                f"init_lora_weights={c.init_lora_weights!r} is not supported",
+                where="parameter init_lora_weights",
+                fix="use true (default), false, gaussian or orthogonal; pissa/olora/corda rewrite the base weights "
+                    "and eva/loftq/lora_ga need a preparation pass, which hone does not run")
+        if c.init_lora_weights == "orthogonal" and c.lora_r % 2:
+            raise HoneError(f"init_lora_weights='orthogonal' needs an even lora_r (got {c.lora_r})",
+                            where="parameters init_lora_weights and lora_r", fix="use an even lora_r")
+        if self.quantization:
+            flag = f"load_in_{self.quantization}"
+            missing = []
+            if not torch.cuda.is_available():
+                missing.append("no CUDA GPU is available")
+            if importlib.util.find_spec("bitsandbytes") is None:
+                missing.append("the bitsandbytes package is not installed")
+            if missing:
+                raise HoneError(
+                    f"{flag} quantizes the base model with bitsandbytes, which needs a CUDA GPU; here "
+                    + " and ".join(missing),
+                    where=f"parameter {flag}",
+                    fix=f"run on a machine with an NVIDIA GPU and `pip install bitsandbytes`, or drop {flag} to "
+                        "train plain LoRA on an unquantized base")
+        try:
+            self.lora_config(["q_proj"])  # peft's own checks of r, alpha, dropout, DoRA, init...
+        except (ValueError, TypeError) as err:
+            raise HoneError(f"peft rejects the LoRA parameters: {err}", where="LoRA parameters",
+                            fix="correct the parameter named in the message") from None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        if not self.quantization:
+            return {}
+        from transformers import BitsAndBytesConfig
+
+        if self.cfg.load_in_4bit:
+            q = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=self.cfg.bnb_4bit_quant_type,
+                bnb_4bit_compute_dtype=getattr(torch, self.cfg.bnb_4bit_compute_dtype),
+                bnb_4bit_use_double_quant=self.cfg.bnb_4bit_use_double_quant)
+        else:
+            q = BitsAndBytesConfig(load_in_8bit=True)
+        return {"quantization_config": q, "device_map": {"": torch.cuda.current_device()}}
+
+    def lora_config(self, target_modules: list[str]):
+        from peft import LoraConfig, TaskType
+
+        c = self.cfg
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM, r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+            target_modules=list(target_modules), use_rslora=c.use_rslora, use_dora=c.use_dora,
+            init_lora_weights=c.init_lora_weights, bias="none",
+        )
+
+    # -- after loading ---------------------------------------------------------------------------------------
+    def resolve_target_modules(self, model: nn.Module) -> list[str]:
+        """The target_modules to give peft: the default, or the user's list with every entry checked."""
+        given = self.cfg.target_modules
+        if not given or all(t.lower() in DEFAULT_TARGET_WORDS for t in given):
+            return default_target_modules(model)
+        names = [n for n, _ in model.named_modules() if n]
+        unmatched = [t for t in given if not any(_matches(n, t) for n in names)]
+        if unmatched:
+            try:
+                hint = ", ".join(default_target_modules(model))
+            except HoneError:
+                hint = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                                         if isinstance(m, _linear_types())}))
+            raise HoneError(
+                f"target_modules {', '.join(repr(t) for t in unmatched)} "
+                f"match{'es' if len(unmatched) == 1 else ''} no module of {type(model).__name__}",
+                where="parameter target_modules",
+                fix=f"use module names of this model, e.g. {hint} (or leave target_modules unset for all of them)")
+        return list(given)
+
+    def prepare_model(self, model: nn.Module, *, data=None, device: torch.device | None = None) -> nn.Module:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        self._base_dtype = model.dtype
+        targets = self.resolve_target_modules(model)
+        if self.quantization:
+            if device is not None and device.type != "cuda":
+                raise HoneError(f"load_in_{self.quantization} needs the model on a CUDA device, not {device}",
+                                where="parameter device", fix="use device=auto or cuda")
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            peft_model = get_peft_model(model, self.lora_config(targets))
+        except ValueError as err:
+            raise HoneError(f"peft could not add the adapters: {err}", where="LoRA parameters "
+                            "(target_modules, lora_r, init_lora_weights, ...)",
+                            fix="adapt linear layers only, and check the value named in the message") from None
+        self.target_modules = sorted(peft_model.peft_config["default"].target_modules)
+        return peft_model
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        if not hasattr(model, "get_nb_trainable_parameters"):
+            return super().describe(model)
+        trainable, total = model.get_nb_trainable_parameters()  # counts 4-bit weights as unpacked parameters
+        return {
+            "trainable_parameters": trainable, "total_parameters": total,
+            "trainable_percent": round(100.0 * trainable / total, 4) if total else 0.0,
+            "lora_r": self.cfg.lora_r, "lora_alpha": self.cfg.lora_alpha, "target_modules": self.target_modules,
+            "use_rslora": self.cfg.use_rslora, "use_dora": self.cfg.use_dora, "quantization": self.quantization,
+        }
+
+    # -- saving ----------------------------------------------------------------------------------------------
+    def export_model(self, model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """The merged plain transformers model, on the CPU, built without touching ``model``.
+
+        The base weights are read again from where the model came from (they are frozen, so they equal the
+        training model's; with QLoRA they are the unquantized originals), a copy of the adapter is loaded onto
+        them and peft merges it. ``state_dict``: the whole model's state gathered from every rank (sharded
+        training), where the adapter weights are taken from.
+        """
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        from hone.models.load import quiet_transformers
+
+        quiet_transformers()
+        base = model.get_base_model()
+        source = getattr(base, "name_or_path", None) or getattr(base.config, "_name_or_path", None)
+        if not source:
+            raise HoneError("cannot build the merged model: the base model was not loaded from a directory or hub id",
+                            where="parameter save_merged", fix="set save_merged=False to write the adapter only")
+        adapter_state = {k: v.detach().to("cpu", copy=True)
+                         for k, v in get_peft_model_state_dict(model, state_dict=state_dict).items()}
+        config = copy.deepcopy(model.peft_config["default"])
+        config.inference_mode = True
+        # Building the copy initialises fresh adapter weights (then overwritten): keep the global RNG of the
+        # training untouched so that dropout and everything after this checkpoint stays as it was.
+        with torch.random.fork_rng(devices=[]):
+            fresh = _plain_class(base).from_pretrained(source, dtype=self._base_dtype or base.dtype,
+                                                       use_safetensors=True)
+            fresh.eval()
+            wrapped = get_peft_model(fresh, config)
+        result = set_peft_model_state_dict(wrapped, adapter_state)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"adapter copy does not fit the reloaded base: missing {missing[:3]}, "
+                               f"unexpected {list(result.unexpected_keys)[:3]}")
+        return wrapped.merge_and_unload()
+
+    def save_adapter(self, model: nn.Module, tokenizer, dest: Path,
+                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """The adapter in peft format, with the tokenizer, written atomically."""
+        with atomic_dir(dest) as tmp:
+            if state_dict is None:
+                model.save_pretrained(tmp, safe_serialization=True)
+            else:  # sharded training: the adapter is taken from the gathered whole state, not the local shard
+                model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        return dest
+
+    def save(self, model: nn.Module, tokenizer, hf_root: Path, name: str,
+             state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """``hf_root/<name>_adapter`` (peft) and, unless save_merged is off, ``hf_root/<name>`` (merged).
+
+        Returns the merged model's directory, or the adapter's when no merged model is written.
+        """
+        from hone.models.save import save_hf_dir
+
+        adapter = self.save_adapter(model, tokenizer, adapter_dir(hf_root, name), state_dict=state_dict)
+        if not self.cfg.save_merged:
+            return adapter
+        merged = self.export_model(model, state_dict=state_dict)
+        try:
+            return save_hf_dir(merged, tokenizer, Path(hf_root) / name)
+        finally:
+            del merged

@@ -1,0 +1,153 @@
+"""Process groups, sharding (FSDP2 / DDP) and the division of a step's samples among ranks."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from hone.config import DistributedConfig
+from hone.errors import HoneError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands. ``world_size == 1`` and no process group means a plain local run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    nnodes: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    """True inside a process started by torchrun (or any launcher that sets the env:// variables)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the process group when launched by torchrun; otherwise a single-process environment."""
+    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistEnv()
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    nnodes = max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    return DistEnv(rank, world, local, nnodes)
+
+
+def local_device(device: torch.device, env: DistEnv) -> torch.device:
+    """The device of this rank (cuda:LOCAL_RANK on GPU)."""
+    if device.type == "cuda" and env.enabled:
+        return torch.device("cuda", env.local_rank)
+    return device
+
+
+def split_among_ranks(indices: list[int], lengths: list[int], world_size: int) -> list[list[int]]:
+    """Divide one step's samples among ranks, balanced by token count (longest first, to the lightest rank).
+
+    Every rank computes the same division from the same inputs, so no communication is needed.
+    """
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    load = [0] * world_size
+    for i in sorted(indices, key=lambda i: (-lengths[i], i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        shares[r].append(i)
+        load[r] += lengths[i]
+    return shares
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks, found from the model's own no-split module classes (no name guessing)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:  # fall back to the largest ModuleList (the usual `layers` / `h` container)
+        lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+        layers = list(max(lists, key=len)) if lists else []
+    return layers
+
+
+def shard_model(model: torch.nn.Module, cfg: DistributedConfig, env: DistEnv, device: torch.device,
+                ) -> torch.nn.Module:
+    """Wrap for data parallelism: FSDP2 per block and at the root, or DDP for NO_SHARD."""
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if not env.enabled:
+        return model
+    if cfg.fsdp_sharding_strategy == "NO_SHARD":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if cfg.fsdp_sharding_strategy == "HYBRID_SHARD":
+        per_node = env.world_size // env.nnodes
+        mesh = init_device_mesh(device.type, (env.nnodes, per_node), mesh_dim_names=("replicate", "shard"))
+    else:
+        mesh = init_device_mesh(device.type, (env.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if device.type == "cuda" else MixedPrecisionPolicy()
+    reshard = cfg.fsdp_sharding_strategy != "SHARD_GRAD_OP"
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+    return model
+
+
+def apply_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each transformer block in backward instead of storing its activations."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (apply_activation_checkpointing as
+                                                                             _apply, checkpoint_wrapper)
+
+    blocks = {id(m) for m in decoder_layers(model)}
+    if not blocks:
+        raise HoneError("activation_checkpointing: no transformer blocks found in the model",
+                        where="activation_checkpointing", fix="turn it off for this architecture")
+    _apply(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: id(m) in blocks)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under a DDP wrapper (FSDP2 modifies the model in place and needs no unwrapping)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def all_reduce_(tensor: torch.Tensor, env: DistEnv, op=None) -> torch.Tensor:
+    if env.enabled:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def full_state_dict(model: torch.nn.Module, env: DistEnv) -> dict[str, torch.Tensor] | None:
+    """The whole model's state dict on rank 0's CPU (a collective: every rank must call it); None elsewhere
+    and in single-process runs (where the model itself is saved)."""
+    if not env.enabled:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return sd if env.is_main else None
+
+
+def destroy(env: DistEnv) -> None:
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()

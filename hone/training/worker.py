@@ -1,0 +1,29 @@
+"""Entry point of each process that hone starts under torchrun: ``python -m hone.training.worker CONFIG``."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from hone.errors import HoneError
+
+
+def main(argv: list[str]) -> int:
+    from hone.algorithms import hooks_for
+    from hone.config import RunConfig
+    from hone.training.run import run_training
+
+    logging.basicConfig(level=logging.INFO, format="hone: %(message)s", stream=sys.stderr)
+    params = json.loads(open(argv[0]).read())
+    algorithm = params.pop("algorithm")
+    try:
+        cfg = RunConfig.from_flat(algorithm, params, source=argv[0])
+        run_training(cfg, hooks_for(cfg))
+    except HoneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
