@@ -90,6 +90,10 @@ def tiny_model(output: str, layers: int, hidden: int, heads: int, vocab_size: in
     click.echo(f"tiny model written to {path}")
 
 
+# Other command groups, one import + add_command line each (keep this block together).
+# (none yet)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: HoneError -> message on stderr, exit 2, no traceback."""
     logging.basicConfig(level=logging.INFO, format="hone: %(message)s", stream=sys.stderr)
