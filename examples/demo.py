@@ -37,6 +37,14 @@ def main() -> int:
     geo = "You are a concise geography assistant."
     for system, question in ((geo, "What is the capital of France?"), (None, "What color is snow?")):
         print(f"  Q: {question}\n  A: {answer(result.final_model_dir, question, system)}")
+    sys.path.insert(0, str(ROOT / "examples" / "eval"))
+    import demo_eval  # what the model learned (holdout, new-skill tasks) and forgot (pre-training corpus)
+
+    try:
+        demo_eval.run(result.final_model_dir, model_dir, OUT / "eval")
+    except hone.HoneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
