@@ -21,8 +21,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def resolve_model_path(model_path: str) -> str:
     """Return a local directory or a hub id; raise a clear error for a local path that does not exist."""
     if model_path.startswith("oci://"):
-        raise HoneError("oci:// model references are not supported by this version", where="model_path",
-                        fix="pull the model to a directory first and pass that directory")
+        from hone.models.oci import pull_model  # ModelCar image -> cached local directory
+
+        model_path = str(pull_model(model_path))
     p = Path(model_path).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():

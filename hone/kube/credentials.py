@@ -1,0 +1,144 @@
+"""Cluster access for the kubeflow SDK, and the secret values that must never leave this process.
+
+Where the credentials come from, first match wins:
+
+1. an explicit kubeconfig file (``--kubeconfig``, optionally ``--context``);
+2. ``KUBERNETES_SERVER_URL`` + ``KUBERNETES_AUTH_TOKEN`` (the ``kubernetes-credentials`` secret of the RHOAI
+   pipelines), with an optional CA file (``--ca-file`` or ``KUBERNETES_CA_FILE``); both must be set;
+3. the in-cluster service account (running in a pod: a workbench, a pipeline step);
+4. the default kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from hone.errors import HoneError
+from hone.kube.config import SECRET_ENV_NAMES, _SECRETISH
+
+SERVER_ENV = "KUBERNETES_SERVER_URL"
+TOKEN_ENV = "KUBERNETES_AUTH_TOKEN"
+CA_ENV = "KUBERNETES_CA_FILE"
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+MIN_SECRET_LEN = 6
+
+
+@dataclass
+class ClusterAccess:
+    """How to reach the cluster; every field optional (see the module docstring for the order)."""
+
+    namespace: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    ca_file: str | None = None
+    insecure_skip_tls_verify: bool = False
+
+
+@dataclass
+class ResolvedAccess:
+    backend_config: object  # kubeflow.common.types.KubernetesBackendConfig
+    source: str  # words for messages: "KUBERNETES_SERVER_URL https://api...:6443", "kubeconfig ~/.kube/config", ...
+    token: str | None = None  # only to keep it out of manifests and logs
+
+
+def _in_cluster() -> bool:
+    return (SA_DIR / "token").is_file()
+
+
+def _default_kubeconfigs(env: Mapping[str, str]) -> list[str]:
+    if env.get("KUBECONFIG"):
+        return [p for p in env["KUBECONFIG"].split(os.pathsep) if p]
+    return [os.path.join(env.get("HOME") or os.path.expanduser("~"), ".kube", "config")]
+
+
+def _context_namespace(config_file: str | None, context: str | None) -> str:
+    """The namespace of the kubeconfig context (the SDK reads it from the default kubeconfig only)."""
+    from kubernetes import config
+
+    try:
+        contexts, current = config.list_kube_config_contexts(config_file=config_file)
+    except Exception:  # noqa: BLE001 - an unreadable kubeconfig is reported when the client loads it
+        return "default"
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+    return ((chosen or {}).get("context") or {}).get("namespace") or "default"
+
+
+def resolve_access(access: ClusterAccess | None = None, env: Mapping[str, str] | None = None) -> ResolvedAccess:
+    """Pick the credentials (see module docstring) and build the SDK's ``KubernetesBackendConfig``."""
+    from kubeflow.common.types import KubernetesBackendConfig
+    from kubernetes import client
+
+    access = access or ClusterAccess()
+    env = os.environ if env is None else env
+    server, token = env.get(SERVER_ENV, "").strip(), env.get(TOKEN_ENV, "").strip()
+    ca_file = access.ca_file or env.get(CA_ENV) or None
+    if ca_file and not Path(ca_file).expanduser().is_file():
+        raise HoneError(f"CA file not found: {ca_file}", where="--ca-file" if access.ca_file else CA_ENV,
+                        fix="pass the PEM file of the API server's certificate authority")
+
+    if access.kubeconfig:
+        path = Path(access.kubeconfig).expanduser()
+        if not path.is_file():
+            raise HoneError(f"kubeconfig not found: {path}", where="--kubeconfig", fix="pass an existing kubeconfig file")
+        return ResolvedAccess(KubernetesBackendConfig(
+            namespace=access.namespace or _context_namespace(str(path), access.context), config_file=str(path),
+            context=access.context), f"kubeconfig {path}" + (f" (context {access.context})" if access.context else ""))
+
+    if server or token:
+        if not (server and token):
+            missing = TOKEN_ENV if server else SERVER_ENV
+            raise HoneError(f"{missing} is not set but {SERVER_ENV if server else TOKEN_ENV} is",
+                            where=f"environment variables {SERVER_ENV} and {TOKEN_ENV}",
+                            fix="set both (the kubernetes-credentials secret holds both keys), or unset both to use "
+                                "a kubeconfig or the in-cluster service account")
+        if not re.match(r"^https?://[^/\s]+", server):
+            raise HoneError(f"{SERVER_ENV} is not an http(s) URL: {server!r}", where=SERVER_ENV,
+                            fix="use the API server URL, e.g. https://api.cluster.example.com:6443")
+        if "@" in server.split("://", 1)[1].split("/")[0]:
+            raise HoneError(f"{SERVER_ENV} must not carry credentials", where=SERVER_ENV,
+                            fix=f"put the token in {TOKEN_ENV} only")
+        cfg = client.Configuration()
+        cfg.host = server.rstrip("/")
+        cfg.api_key = {"authorization": token}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
+        cfg.verify_ssl = not access.insecure_skip_tls_verify
+        if ca_file:
+            cfg.ssl_ca_cert = str(Path(ca_file).expanduser())
+        namespace = access.namespace
+        if namespace is None and (SA_DIR / "namespace").is_file():
+            namespace = (SA_DIR / "namespace").read_text().strip()
+        return ResolvedAccess(KubernetesBackendConfig(namespace=namespace or "default", client_configuration=cfg),
+                              f"{SERVER_ENV} {cfg.host}", token=token)
+
+    if _in_cluster():
+        return ResolvedAccess(KubernetesBackendConfig(namespace=access.namespace, context=access.context),
+                              "the in-cluster service account")
+
+    configs = [str(Path(p).expanduser()) for p in _default_kubeconfigs(env) if Path(p).expanduser().is_file()]
+    if configs:
+        # explicit: the kubernetes client reads $KUBECONFIG once, when it is imported
+        files = os.pathsep.join(configs)
+        return ResolvedAccess(KubernetesBackendConfig(
+            namespace=access.namespace or _context_namespace(files, access.context), config_file=files,
+            context=access.context),
+                              f"kubeconfig {configs[0]}" + (f" (context {access.context})" if access.context else ""))
+
+    raise HoneError("no Kubernetes credentials found",
+                    where=f"{SERVER_ENV}/{TOKEN_ENV}, --kubeconfig, $KUBECONFIG or ~/.kube/config, and the in-cluster "
+                          "service account were all tried",
+                    fix=f"log in (`oc login` / `kubectl config use-context`), pass --kubeconfig, or set {SERVER_ENV} "
+                        f"and {TOKEN_ENV}; `hone kube submit --dry-run` needs no cluster")
+
+
+def secret_values(env: Mapping[str, str] | None = None, extra: list[str | None] | None = None) -> list[str]:
+    """Every secret value this process knows of: credential variables, the OCI pull secret's passwords, extras."""
+    from hone.models.oci import secret_values as oci_secrets
+
+    env = os.environ if env is None else env
+    out = [v for k, v in env.items() if (k in SECRET_ENV_NAMES or _SECRETISH.search(k)) and v and len(v) >= 8]
+    out += oci_secrets(env)
+    out += [x for x in (extra or []) if x]
+    return sorted({s for s in out if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
