@@ -27,4 +27,12 @@ def lora_sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs):
     return _lora_sft(model_path, data_path, ckpt_output_dir, **kwargs)
 
 
-__all__ = ["HoneError", "sft", "osft", "lora_sft", "__version__"]
+def evaluate(model_path: str, output_dir: str, **kwargs):
+    """Evaluate a model on lm-eval tasks and the holdout split; with ``base_model_path``, compare with the base
+    and flag forgetting. See ``hone.evaluation.run.evaluate``."""
+    from hone.evaluation.run import evaluate as _evaluate
+
+    return _evaluate(model_path, output_dir, **kwargs)
+
+
+__all__ = ["HoneError", "sft", "osft", "lora_sft", "evaluate", "__version__"]

@@ -1,19 +1,31 @@
 """The Python API, with Training Hub's parameter names."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hone.config import RunConfig
 from hone.training.run import TrainResult
 
 
-def train(algorithm: str, params: dict[str, Any], source: str = "keyword arguments") -> TrainResult:
-    """Resolve flat parameters for ``algorithm`` and run it."""
+def run(cfg: RunConfig) -> TrainResult:
+    """Run a resolved configuration: its algorithm's hooks, and MLflow tracking when ``mlflow_*`` is set."""
     from hone.algorithms import hooks_for
     from hone.training.run import run_training
 
-    cfg = RunConfig.from_flat(algorithm, params, source)
-    return run_training(cfg, hooks_for(cfg))
+    tracker = None
+    t = cfg.train
+    on_rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 tracks
+    if on_rank0 and (t.mlflow_tracking_uri or t.mlflow_experiment_name or t.mlflow_run_name):
+        from hone.registry.tracking import MLflowTracker  # mlflow is imported only when tracking is asked for
+
+        tracker = MLflowTracker.from_config(t)
+    return run_training(cfg, hooks_for(cfg), tracker)
+
+
+def train(algorithm: str, params: dict[str, Any], source: str = "keyword arguments") -> TrainResult:
+    """Resolve flat parameters for ``algorithm`` and run it."""
+    return run(RunConfig.from_flat(algorithm, params, source))
 
 
 def sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs: Any) -> TrainResult:

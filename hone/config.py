@@ -26,7 +26,27 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Where the training data is and how it becomes tokens."""
 
-    data_path: str = Field(description="Training data: a JSONL/JSON file of chat samples.")
+    volatile: ClassVar[frozenset[str]] = frozenset(
+        {"max_errors", "s3_endpoint_url", "s3_region", "pvc_root", "data_num_workers"})
+
+    data_path: str = Field(description="Training data: a local file or directory, file://, pvc://path, "
+                                       "s3://bucket/key, https://..., or a hub dataset (hf://org/name[:config]"
+                                       "[@revision]); JSONL, JSON, Parquet, CSV or a save_to_disk directory.")
+    data_format: Literal["auto", "messages", "conversations", "alpaca", "prompt_completion", "text", "processed"] = \
+        Field("auto", description="Row layout; auto detects it (messages, ShareGPT conversations, Alpaca, "
+                                  "prompt/completion, plain text, processed input_ids/labels).")
+    split: str | None = Field(None, description="Split of a hub or save_to_disk dataset (default: train, train_sft, "
+                                                "train_gen, training, else the first).")
+    subset: int = Field(0, ge=0, description="Use a seeded random sample of this many rows (0 = every row).")
+    train_split_ratio: float = Field(1.0, gt=0, description="Fraction of the rows used for training; the rest is the "
+                                                            "eval split (>= 1.0: every row trains).")
+    max_errors: int = Field(20, gt=0, description="Invalid rows listed in full (all are counted).")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint for s3:// data (MinIO, ODF); "
+                                                          "default $AWS_ENDPOINT_URL.")
+    s3_region: str | None = Field(None, description="S3 region; default $AWS_REGION or $AWS_DEFAULT_REGION.")
+    pvc_root: str | None = Field(None, description="Mount root of pvc:// paths; default $HONE_PVC_ROOT or /workspace.")
+    data_num_workers: int | None = Field(None, gt=0, description="Processes that tokenize the data (default: every "
+                                                                 "core, for large datasets).")
     max_seq_len: int = Field(8192, gt=0, description="Longest sample in tokens; longer samples are dropped, never truncated.")
     unmask_messages: bool = Field(False, description="Train on every role except system (not only assistant turns).")
     use_processed_dataset: bool = Field(False, description="Rows already hold input_ids and labels.")
@@ -35,11 +55,22 @@ class DataConfig(Section):
     document_column_name: str = Field("document", description="Column holding the text when is_pretraining.")
     data_output_dir: str | None = Field(None, description="Where processed data is written (default <ckpt_output_dir>/data).")
 
+    @model_validator(mode="after")
+    def _format_flags_agree(self) -> "DataConfig":
+        for flag, fmt in (("use_processed_dataset", "processed"), ("is_pretraining", "text")):
+            if getattr(self, flag) and self.data_format not in ("auto", fmt):
+                raise HoneError(f"data_format={self.data_format!r} contradicts {flag}=True (which reads {fmt!r} rows)",
+                                where=f"parameters data_format and {flag}", fix=f"drop data_format, or set it to {fmt}")
+        return self
+
 
 class TrainConfig(Section):
     """The model, the optimisation and the outputs."""
 
-    volatile: ClassVar[frozenset[str]] = frozenset({"overwrite", "progress", "resume_from", "log_sample_ids"})
+    # Not part of the run's identity; the MLflow URI may hold credentials, so it never reaches saved params.
+    volatile: ClassVar[frozenset[str]] = frozenset({"overwrite", "progress", "resume_from", "log_sample_ids",
+                                                    "mlflow_tracking_uri", "mlflow_experiment_name",
+                                                    "mlflow_run_name"})
 
     model_path: str = Field(description="Base model: a local Hugging Face directory or a hub id.")
     ckpt_output_dir: str = Field(description="Output directory for checkpoints, metrics and charts.")
@@ -71,6 +102,11 @@ class TrainConfig(Section):
     resume_from: str | None = Field(
         None, description="Resume from a full-state checkpoint directory, or 'auto' for the latest complete one.")
     log_sample_ids: bool = Field(False, description="Record each step's sample indices in training_metrics.jsonl.")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="Log the run to MLflow as it trains (sqlite:///..., http://...); with only an experiment "
+                          "or run name: the embedded store under $HONE_HOME.")
+    mlflow_experiment_name: str | None = Field(None, description="MLflow experiment of the run (default hone).")
+    mlflow_run_name: str | None = Field(None, description="MLflow run name.")
     overwrite: bool = Field(False, description="Replace an output directory that holds a different run.")
     progress: bool = Field(True, description="Show a progress bar.")
 
@@ -289,3 +325,157 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise HoneError("config file must be a mapping of parameter names to values", where=str(path),
                         fix="write `learning_rate: 1e-5` style lines")
     return data
+
+
+class EvalConfig(Section):
+    """Evaluation (``hone eval`` / ``hone.evaluate``): lm-eval tasks, the holdout split, base vs tuned."""
+
+    volatile: ClassVar[frozenset[str]] = frozenset({"overwrite", "batch_size", "device"})
+    # CLI flags that differ from --<name-with-dashes>
+    flags: ClassVar[dict[str, str]] = {"model_path": "--model", "base_model_path": "--base",
+                                       "eval_data_path": "--eval-data", "output_dir": "--output"}
+
+    model_path: str = Field(description="Model to evaluate: a Hugging Face directory (or a training output "
+                                        "directory: its hf_format/final), or a hub id.")
+    output_dir: str = Field(description="Directory for eval_results.json, metrics.json and the comparison.")
+    base_model_path: str | None = Field(None, description="Base model to compare with (same tasks and data): "
+                                                          "adds comparison.md/.json/.png.")
+    tasks: list[str] = Field(default_factory=list, description="lm-eval task, group or tag names (comma-separated "
+                             "or a list); default: every task in include_path.")
+    include_path: list[str] = Field(default_factory=list, description="Directories of local lm-eval task YAMLs "
+                                    "(relative data_files are read from each YAML's directory).")
+    eval_data_path: str | None = Field(None, description="Eval split (chat JSONL) for the holdout task: loss, "
+                                       "perplexity and greedy-generation scores with the model's own chat template.")
+    limit: int | float | None = Field(None, gt=0, description="Examples per task (and holdout rows); < 1 is a fraction.")
+    batch_size: int | Literal["auto"] = Field("auto", description="Batch size: an int or auto (lm-eval's "
+                                              "detection on GPU, 8 on CPU).")
+    backend: Literal["hf", "vllm"] = Field("hf", description="lm-eval model backend: hf (in-memory transformers "
+                                           "model, CPU or GPU) or vllm (GPU with vllm installed).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: auto = float32 on CPU, bfloat16 on GPU.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest holdout answer generated (greedy).")
+    max_seq_len: int | None = Field(None, gt=0, description="Holdout samples longer than this are skipped "
+                                    "(default: the model's context length).")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples for lm-eval tasks (default: each "
+                                    "task's own).")
+    apply_chat_template: bool = Field(False, description="Wrap lm-eval prompts in the model's chat template.")
+    log_samples: bool = Field(False, description="Write samples.jsonl (prompt, target, prediction per example).")
+    forgetting_threshold: float = Field(0.05, ge=0, description="With a base model: flag a metric that gets worse "
+                                        "by more than this fraction of its base value.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model repository (off unless asked).")
+    overwrite: bool = Field(False, description="Replace an output directory that holds files other than an evaluation.")
+
+    @field_validator("tasks", "include_path", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        items = [v] if isinstance(v, str) else v
+        if isinstance(items, (list, tuple)):
+            return [t.strip() for item in items for t in str(item).split(",") if t.strip()]
+        return v
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("batch_size must be at least 1 or auto")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> "EvalConfig":
+        if not (self.tasks or self.include_path or self.eval_data_path):
+            raise HoneError("nothing to evaluate: no lm-eval task and no eval data", where="tasks, include_path, "
+                            "eval_data_path", fix="pass --tasks and/or --include-path (lm-eval tasks) and/or "
+                            "--eval-data (the holdout split)")
+        return self
+
+    @classmethod
+    def from_flat(cls, params: dict[str, Any], source: str = "keyword arguments",
+                  origins: dict[str, str] | None = None) -> "EvalConfig":
+        """Build from flat names; unknown or invalid names raise :class:`HoneError`."""
+        origins = origins or {}
+        for key in params:
+            if key not in cls.model_fields:
+                hint = suggest(key, cls.model_fields)
+                raise HoneError(f"unknown evaluation parameter {key!r}" + (f": {hint}" if hint else ""),
+                                where=origins.get(key, source), fix="remove it or use a valid name (`hone eval "
+                                "--help` lists them)")
+        try:
+            return cls(**params)
+        except ValidationError as err:
+            first = err.errors()[0]
+            name = next((str(p) for p in first["loc"] if str(p) in cls.model_fields), "?")
+            if first["type"] == "missing":
+                raise HoneError(f"missing required parameter {name!r}", where=source,
+                                fix=f"pass {name} (CLI: {cls.flag(name)})") from None
+            raise HoneError(f"invalid value for {name!r}: {first.get('input')!r} ({first['msg']})",
+                            where=f"{origins.get(name, source)}, parameter {name}",
+                            fix="see `hone eval --help` for accepted values") from None
+
+    @classmethod
+    def from_sources(cls, config_file: str | Path | None, overrides: dict[str, Any]) -> "EvalConfig":
+        """A flat YAML config overlaid with explicit values (CLI flags); explicit values win."""
+        params: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
+        origins = {k: f"config file {config_file}" for k in params}
+        for key, value in overrides.items():
+            params[key] = value
+            origins[key] = f"option {cls.flag(key)}"
+        return cls.from_flat(params, source="configuration", origins=origins)
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        return cls.flags.get(name, "--" + name.replace("_", "-"))
+
+
+class RegistryConfig(Section):
+    """Where fine-tuned models are registered: the embedded MLflow registry (default) or a Kubeflow Model
+    Registry. Secrets never live here: the registry token is read from the environment variable or file named."""
+
+    registry_backend: Literal["mlflow", "kubeflow", "none"] = Field(
+        "mlflow", description="mlflow (embedded SQLite under the hone home, or registry_tracking_uri), kubeflow "
+                              "(a Kubeflow Model Registry at registry_address) or none (skip registration).")
+    registry_home: str | None = Field(None, description="hone home holding the embedded registry (mlflow.db, "
+                                                        "mlartifacts/); default $HONE_HOME, else ./hone-runs.")
+    registry_tracking_uri: str | None = Field(None, description="MLflow store URI instead of the embedded one "
+                                                                "(sqlite:///..., http://mlflow:5000).")
+    registry_experiment_name: str = Field("hone", description="MLflow experiment of registration runs.")
+    registry_address: str = Field("", description="Kubeflow Model Registry address (host or http(s)://host); "
+                                                  "empty = registration is skipped.")
+    registry_port: int = Field(8080, gt=0, lt=65536, description="Kubeflow Model Registry port.")
+    registry_author: str = Field("pipeline", description="Author (and owner) recorded with the registered model.")
+    registry_is_secure: bool | None = Field(None, description="HTTPS with a bearer token; default from the "
+                                                              "address scheme, plain HTTP for a bare host.")
+    registry_token_env: str = Field("MODEL_REGISTRY_TOKEN", description="Name of the environment variable "
+                                    "holding the registry token (the token itself never goes in a config).")
+    registry_token_file: str | None = Field(None, description="File holding the registry token (default: "
+                                            "$KF_PIPELINES_SA_TOKEN_PATH or the pod's service-account token).")
+    registry_custom_ca: str | None = Field(None, description="PEM file of the registry's certificate authority.")
+    registry_api_version: Literal["v1alpha3", "v1"] = Field(
+        "v1alpha3", description="Model Registry REST API version (v1alpha3: OpenShift AI; v1: newer upstream).")
+    registry_name: str | None = Field(None, description="Registered model name.")
+    registry_version: str = Field("1.0.0", description="Version to register (an existing one is never "
+                                                       "overwritten).")
+    registry_description: str = Field("", description="Description of the registered version.")
+    registry_format_name: str = Field("pytorch", description="Model format name (Kubeflow registry).")
+    registry_format_version: str = Field("1.0", description="Model format version (Kubeflow registry).")
+
+    @field_validator("registry_token_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v or ""):
+            # never echo the value: it may be a token pasted in the wrong place
+            raise HoneError("registry_token_env must be the NAME of an environment variable, not a token",
+                            where="registry_token_env",
+                            fix="export MODEL_REGISTRY_TOKEN=... and pass registry_token_env=MODEL_REGISTRY_TOKEN")
+        return v

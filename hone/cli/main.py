@@ -39,15 +39,14 @@ def _train_command(algorithm: str, summary: str):
     @click.option("--print-config", is_flag=True, help="Print the resolved parameters as JSON and exit.")
     @parameter_options(algorithm)
     def command(config_file: str | None, print_config: bool, **values: Any) -> None:
-        from hone.algorithms import hooks_for
+        from hone.api import run
         from hone.config import RunConfig
-        from hone.training.run import run_training
 
         cfg = RunConfig.from_sources(algorithm, config_file, given(values, algorithm))
         if print_config:
             click.echo(json.dumps(cfg.to_flat(), indent=2))
             return
-        result = run_training(cfg, hooks_for(cfg))
+        result = run(cfg)
         if result.status == "preempted":
             click.echo(f"\nstopped on SIGTERM after step {result.steps}: full state saved under "
                        f"{result.output_dir / 'checkpoints'}; rerun with --resume-from auto to continue")
@@ -91,7 +90,14 @@ def tiny_model(output: str, layers: int, hidden: int, heads: int, vocab_size: in
 
 
 # Other command groups, one import + add_command line each (keep this block together).
-# (none yet)
+from hone.cli.data import data as data_group  # noqa: E402
+cli.add_command(data_group)
+from hone.cli.kube import kube  # noqa: E402
+cli.add_command(kube)
+from hone.cli.registry import registry  # noqa: E402
+cli.add_command(registry)
+from hone.cli.eval import eval_command  # noqa: E402
+cli.add_command(eval_command)
 
 
 def main(argv: list[str] | None = None) -> int:

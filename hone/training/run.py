@@ -10,7 +10,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -76,6 +76,15 @@ class TrainResult:
         return cls(**kw)
 
 
+def saved_params(cfg: RunConfig) -> dict[str, Any]:
+    """The run's identity as written to training_params.json (a signed data URL loses its signature)."""
+    from hone.data.sources import redact_uri
+
+    params = cfg.to_flat(include_volatile=False)
+    params["data_path"] = redact_uri(params["data_path"])
+    return params
+
+
 def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
     """Refuse an output directory that holds a different run (or unrelated files) unless overwrite is set,
     and a directory holding this run's checkpoints unless resuming."""
@@ -87,8 +96,10 @@ def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
     params = out / PARAMS_FILE
     if params.is_file():
         previous = json.loads(params.read_text())
-        current = cfg.to_flat(include_volatile=False)
-        diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        current = saved_params(cfg)
+        # where the run lives is not what it is: a moved (or copied) run directory still resumes
+        diff = sorted(k for k in set(previous) | set(current)
+                      if k != "ckpt_output_dir" and previous.get(k) != current.get(k))
         if not diff:
             if cfg.train.resume_from is None and latest_checkpoint(out) and not cfg.train.overwrite:
                 raise HoneError(f"{out} holds resumable checkpoints of this run", where="ckpt_output_dir",
@@ -115,8 +126,19 @@ def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
                 target.unlink()
 
 
-def run_training(cfg: RunConfig, hooks: AlgorithmHooks) -> TrainResult:
-    """Validate inputs, prepare data, load the model, train, and write every output under ckpt_output_dir."""
+class RunTracker(Protocol):
+    """An experiment tracker fed by rank 0 (e.g. MLflow); built above this layer and passed in."""
+
+    def start(self, params: dict[str, Any], *, resume: bool = False) -> Any: ...
+    def log_step(self, record: dict[str, Any]) -> None: ...
+    def finish(self, result: Any = None, *, status: str | None = None) -> None: ...
+
+
+def run_training(cfg: RunConfig, hooks: AlgorithmHooks, tracker: RunTracker | None = None) -> TrainResult:
+    """Validate inputs, prepare data, load the model, train, and write every output under ckpt_output_dir.
+
+    ``tracker`` is used in the process that holds rank 0 (the workers build their own when launched).
+    """
     t = cfg.train
     out = Path(t.ckpt_output_dir)
     hooks.validate()
@@ -127,7 +149,7 @@ def run_training(cfg: RunConfig, hooks: AlgorithmHooks) -> TrainResult:
     device = resolve_device(t.device)
     env = init_distributed(device)
     try:
-        return _run(cfg, hooks, out, local_device(device, env), env)
+        return _run(cfg, hooks, out, local_device(device, env), env, tracker if env.is_main else None)
     finally:
         destroy(env)
 
@@ -144,13 +166,15 @@ def _launch(cfg: RunConfig, plan) -> TrainResult:
         raise HoneError(f"distributed training failed (torchrun exit status {code})", where="the worker log above",
                         fix="read the first error printed by a worker")
     result_file = out / RESULT_FILE
-    if plan.node_rank != 0:
-        raise HoneError("this node is not node 0: outputs are written by node 0", where="node_rank",
-                        fix="read the results on node 0 (or the shared volume)")
+    if not result_file.is_file():  # other nodes see it only when ckpt_output_dir is shared (it must be)
+        raise HoneError(f"training finished but {result_file} is not visible on node {plan.node_rank}",
+                        where="ckpt_output_dir",
+                        fix="put ckpt_output_dir on storage every node shares (an RWX volume on Kubernetes)")
     return TrainResult.from_json(json.loads(result_file.read_text()))
 
 
-def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device, env: DistEnv) -> TrainResult:
+def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device, env: DistEnv,
+         tracker: RunTracker | None) -> TrainResult:
     t = cfg.train
     check_output_dir(out, cfg, remove=env.is_main)
     barrier(env)
@@ -160,11 +184,11 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
     # Everything that can fail on the user's input fails here, before any weights are loaded.
     tokenizer = load_tokenizer(t.model_path, trust_remote_code=t.trust_remote_code)
     data_dir = Path(cfg.data.data_output_dir) if cfg.data.data_output_dir else out / "data"
-    data = prepare_data(cfg.data, tokenizer, data_dir if env.is_main else None)
+    data = prepare_data(cfg.data, tokenizer, data_dir if env.is_main else None, seed=t.seed)
     params_path = out / PARAMS_FILE
     if env.is_main:
         log.info("data: %s", data.report.summary())
-        atomic_write_text(params_path, json.dumps(cfg.to_flat(include_volatile=False), indent=2) + "\n")
+        atomic_write_text(params_path, json.dumps(saved_params(cfg), indent=2) + "\n")
 
     torch.manual_seed(t.seed)
     model = load_model(t.model_path, dtype=dtype, device=device, trust_remote_code=t.trust_remote_code,
@@ -176,7 +200,15 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
                  f"{info['total_parameters']:,}", f"; resuming from {resume}" if resume else "")
     model = shard_model(model, cfg.distributed, env, device)
 
-    summary = train(model, tokenizer, data, t, hooks, out, device, env, resume=resume)
+    if tracker:
+        tracker.start(saved_params(cfg), resume=resume is not None)
+    try:
+        summary = train(model, tokenizer, data, t, hooks, out, device, env, resume=resume,
+                        on_step=tracker.log_step if tracker else None)
+    except BaseException:
+        if tracker:
+            tracker.finish(status="FAILED")
+        raise
     final = summary.checkpoints[-1] if t.save_final_checkpoint and summary.checkpoints and not summary.preempted \
         else None
     png, page = out / "loss_chart.png", out / "loss_chart.html"
@@ -194,6 +226,8 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
         if metrics:
             write_loss_charts(metrics, out, title=f"{hooks.name} training loss")
         atomic_write_text(out / RESULT_FILE, json.dumps(result.to_json(), indent=2) + "\n")
+        if tracker:
+            tracker.finish(result)
         if summary.preempted:
             log.info("stopped on SIGTERM after step %d; full state saved under %s (resume with resume_from='auto')",
                      summary.steps, checkpoints_dir(out))

@@ -13,6 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -131,8 +132,12 @@ def save_hf(model, tokenizer, hooks: AlgorithmHooks, hf_root: Path, name: str, e
 
 
 def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: AlgorithmHooks, output_dir: Path,
-          device: torch.device, env: DistEnv = DistEnv(), resume: Path | None = None) -> TrainSummary:
-    """Run (or continue) the whole training; metrics every step, checkpoints as configured."""
+          device: torch.device, env: DistEnv = DistEnv(), resume: Path | None = None,
+          on_step: Callable[[dict], None] | None = None) -> TrainSummary:
+    """Run (or continue) the whole training; metrics every step, checkpoints as configured.
+
+    ``on_step`` receives each step's metrics record on rank 0 (e.g. an experiment tracker).
+    """
     samples, lengths = data.samples, data.lengths
     per_epoch, total_steps = plan_steps(len(samples), cfg)
     optimizer = make_optimizer(model, hooks, cfg)
@@ -190,6 +195,8 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
                         if cfg.log_sample_ids:
                             record["sample_ids"] = sorted(steps[s])
                         metrics.write(record)
+                        if on_step is not None:
+                            on_step(record)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tokens / dt:,.0f}", epoch=epoch + 1)
                     bar.update(1)
 

@@ -3,24 +3,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from hone.errors import HoneError
 
 
 def main(argv: list[str]) -> int:
-    from hone.algorithms import hooks_for
+    from hone.api import run
     from hone.config import RunConfig
-    from hone.training.run import run_training
 
     logging.basicConfig(level=logging.INFO, format="hone: %(message)s", stream=sys.stderr)
     params = json.loads(open(argv[0]).read())
     algorithm = params.pop("algorithm")
     try:
         cfg = RunConfig.from_flat(algorithm, params, source=argv[0])
-        run_training(cfg, hooks_for(cfg))
+        run(cfg)
     except HoneError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank meets the same input error; say it once
+            print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 
