@@ -103,3 +103,17 @@ def test_bad_launch_input():
             resolve_launch(DistributedConfig(nproc_per_node="gpu"))
     with pytest.raises(HoneError, match="nproc_per_node"):
         RunConfig.from_flat("sft", {"model_path": "m", "data_path": "d", "ckpt_output_dir": "o", "nproc_per_node": 0})
+
+
+def test_lora_under_two_fsdp_processes_matches_one(tiny_model_dir, data, tmp_path):
+    """Adapters are gathered whole from the shards when saved (saving rank 0's shard only is the FSDP2 pitfall)."""
+    args = {**ARGS, "num_epochs": 1, "lora_r": 4, "learning_rate": 1e-2}
+    one, two = tmp_path / "one", tmp_path / "two"
+    hone.lora_sft(str(tiny_model_dir), str(data), str(one), **args)
+    hone.lora_sft(str(tiny_model_dir), str(data), str(two), nproc_per_node=2, fsdp_sharding_strategy="FULL_SHARD",
+                  **args)
+    a1 = load_file(one / "hf_format" / "final_adapter" / "adapter_model.safetensors")
+    a2 = load_file(two / "hf_format" / "final_adapter" / "adapter_model.safetensors")
+    assert a1.keys() == a2.keys() and len(a1) > 0
+    assert max((a1[k] - a2[k]).abs().max().item() for k in a1) <= 1e-4
+    assert max(abs(a - b) for a, b in zip(_losses(one), _losses(two))) <= 1e-4
