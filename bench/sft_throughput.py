@@ -318,7 +318,7 @@ def worker_hone(spec: dict, experiments: list[str]) -> dict:
             starts.append((time.perf_counter(), time.process_time()))
 
     writer.__init__, writer.write = stamped_init, stamped_write
-    out = Path(spec["work"]) / "runs" / "hone"
+    out = Path(spec["work"]) / "runs" / ("hone" + "".join(f"-{e}" for e in experiments))  # one per concurrent run
     t0 = time.perf_counter()
     res = hone.sft(spec["model_dir"], spec["data_path"], str(out), effective_batch_size=spec["batch"],
                    learning_rate=spec["lr"], max_steps=spec["steps"], num_epochs=1000, max_seq_len=spec["max_len_cfg"],
