@@ -240,7 +240,8 @@ def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     pos = kwargs.get("position_ids")
     t = query.shape[2]
     if (attention_mask is not None or pos is None or query.shape[0] != 1 or key.shape[2] != t or t == 1
-            or not getattr(module, "is_causal", True)):
+            or not getattr(module, "is_causal", True) or kwargs.get("sliding_window")
+            or getattr(module, "sliding_window", None)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     starts = (pos.reshape(-1) == 0).nonzero().flatten().tolist()
