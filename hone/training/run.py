@@ -191,7 +191,7 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
         atomic_write_text(params_path, json.dumps(saved_params(cfg), indent=2) + "\n")
 
     torch.manual_seed(t.seed)
-    model = load_model(t.model_path, dtype=dtype, device=device, trust_remote_code=t.trust_remote_code,
+    model = load_model(t.model_path, dtype=dtype, device=device, trust_remote_code=t.trust_remote_code, training=True,
                        **hooks.load_kwargs())
     model = hooks.prepare_model(model, data=data, device=device)
     info = hooks.describe(model)
