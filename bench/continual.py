@@ -25,7 +25,7 @@ What is reported
 Usage
     .venv/bin/python bench/continual.py                       # ~4 min on 2 CPU cores
     .venv/bin/python bench/continual.py --task-b colours      # the other task B
-    .venv/bin/python bench/continual.py --no-record           # do not append to bench/RESULTS.md
+    .venv/bin/python bench/continual.py --no-record           # do not record in bench/RESULTS.md
 """
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _results import insert_section  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -155,7 +159,7 @@ def main() -> None:
     p.add_argument("--all-matrices", type=float, nargs="*", default=[0.25],
                    help="also run OSFT at these u with every 2-D weight as a target (embeddings and lm_head too)")
     p.add_argument("--workdir", default="/tmp/hone-bench/continual")
-    p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(ROOT)}")
+    p.add_argument("--no-record", action="store_true", help=f"do not record in {RESULTS.relative_to(ROOT)}")
     args = p.parse_args()
 
     import torch
@@ -239,7 +243,7 @@ def main() -> None:
     print(f"\n{elapsed / 60:.1f} min")
     if not args.no_record:
         record(args, table, rows, start, elapsed)
-        print(f"appended to {RESULTS.relative_to(ROOT)}")
+        print(f"recorded in {RESULTS.relative_to(ROOT)} (newest first)")
     (work / "curves.json").write_text(json.dumps({"start": start, "rows": rows}, indent=1))
 
 
@@ -308,10 +312,7 @@ def record(args, table: str, rows: list[dict], start: dict, elapsed: float) -> N
         table,
         "",
     ]
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n")
-    with RESULTS.open("a", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+    insert_section("\n".join(lines), RESULTS)  # newest first, after the file's header
 
 
 if __name__ == "__main__":

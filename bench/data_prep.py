@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import random
-import re
 import resource
 import subprocess
 import sys
@@ -27,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MARK_START, MARK_END = "<!-- data_prep:start -->", "<!-- data_prep:end -->"
 WORDS = ("the model data train token value river cloud green quick answer question table number city music light "
          "paper stone water window garden doctor planet engine memory signal market winter summer").split()
 
@@ -116,7 +114,7 @@ def section(cmd: str, results: list[dict], n_cores: int) -> str:
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [MARK_START, f"## Dataset stage: validate, convert, tokenize, mask (bench/data_prep.py), {when}", "",
+    lines = [f"## Dataset stage: validate, convert, tokenize, mask (bench/data_prep.py), {when}", "",
              f"Machine: {n_cores} cores, {platform.processor() or platform.machine()}, Python "
              f"{platform.python_version()}; load average at the end {load} (other work shares the machine); "
              "tiny tokenizer (`hone tiny-model`); synthetic ShareGPT conversations (1-3 exchanges, a system prompt "
@@ -134,19 +132,16 @@ def section(cmd: str, results: list[dict], n_cores: int) -> str:
               "(token ids come back from the workers packed and are rebuilt as lists sharing their int objects). "
               "Tokenizing dominates: the chat template is rendered several times per conversation to find the "
               "trained spans, and the tiny BPE tokenizer is slow per token; with 2 cores shared with other work "
-              "the speed-up of the second worker is partial.", MARK_END]
+              "the speed-up of the second worker is partial."]
     return "\n".join(lines) + "\n"
 
 
 def write_results(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if MARK_START in old and MARK_END in old:
-        new = re.sub(re.escape(MARK_START) + ".*?" + re.escape(MARK_END) + "\n?", lambda _: text, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    """A new section right after the file's header (newest first); earlier sections stay as they are."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _results import insert_section
+
+    insert_section(text, path)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ What is reported (per configuration)
 Usage
     .venv/bin/python bench/osft_overhead.py                 # ~10 min on 2 CPU cores
     .venv/bin/python bench/osft_overhead.py --rounds 1 --steps 2 --tokens-per-step 1024   # quick look
-    .venv/bin/python bench/osft_overhead.py --no-record     # do not append to bench/RESULTS.md
+    .venv/bin/python bench/osft_overhead.py --no-record     # do not record in bench/RESULTS.md
 """
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _results import insert_section  # noqa: E402
+
 
 
 # -- the model and the data ------------------------------------------------------------------------------------
@@ -186,7 +190,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--threads", type=int, default=0, help="torch threads in each run (0: torch's default)")
     p.add_argument("--workdir", default="/tmp/hone-bench/osft_overhead")
-    p.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.relative_to(ROOT)}")
+    p.add_argument("--no-record", action="store_true", help=f"do not record in {RESULTS.relative_to(ROOT)}")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -233,7 +237,7 @@ def main() -> None:
     print(f"\n{elapsed / 60:.1f} min; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     if not args.no_record:
         record(args, table, rows, runs, total_params, target_params, per_step, elapsed, load_before, load_after)
-        print(f"appended to {RESULTS.relative_to(ROOT)}")
+        print(f"recorded in {RESULTS.relative_to(ROOT)} (newest first)")
 
 
 def summarise(runs: dict[str, list[dict]]) -> list[dict]:
@@ -326,10 +330,7 @@ def record(args, table, rows, runs, total_params, target_params, per_step, elaps
         table,
         "",
     ]
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n")
-    with RESULTS.open("a", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+    insert_section("\n".join(lines), RESULTS)  # newest first, after the file's header
 
 
 if __name__ == "__main__":

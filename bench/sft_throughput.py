@@ -8,7 +8,8 @@ What runs
       exchanges) whose rendered length in tokens is log-normal, clipped to 50-1500 tokens.
     * Three configurations, interleaved (hone, trl-default, trl-best, hone, ...), each run in a fresh
       subprocess so its peak RSS is its own:
-        hone         ``hone.sft(...)`` with its defaults (padding-free micro-batches under max_tokens_per_gpu).
+        hone         ``hone.sft(...)`` with its defaults (padding-free micro-batches under max_tokens_per_gpu,
+                     attention per packed sample: ``hone.models.attention``).
         trl-default  SFTTrainer with SFTConfig defaults: padded batches of ``--batch`` samples.
         trl-best     SFTTrainer with ``packing=True, packing_strategy="bfd", padding_free=True``: BFD-packed rows of
                      ``pack_len`` tokens (about one step's tokens), ``--batch``-sized steps in tokens.
@@ -18,6 +19,8 @@ What runs
       the same ChatML template plus ``{% generation %}`` markers, giving the same rendered text and the same loss
       mask as hone's template-agnostic masking). TRL's own ``gradient_checkpointing=True`` default is turned off
       (``--trl-gradient-checkpointing`` keeps it): recomputation trades time for memory that this model does not need.
+    * Variants of hone for before/after measurements in the same session: ``hone+no-varlen`` (SDPA over the whole
+      packed row, as before per-sample attention), ``hone+plain-loss``, ``hone+fused-adamw`` (see EXPERIMENTS).
 
 What is reported (per configuration, medians over repeats)
     * real tokens/s: non-padding tokens of an optimizer step / wall time of that step (time between consecutive
@@ -29,7 +32,7 @@ What is reported (per configuration, medians over repeats)
 Usage
     .venv/bin/python bench/sft_throughput.py                 # full run (~10 min on a 2-core CPU)
     .venv/bin/python bench/sft_throughput.py --quick         # smaller model, fewer steps (~2-3 min)
-    .venv/bin/python bench/sft_throughput.py --no-record     # do not append to bench/RESULTS.md
+    .venv/bin/python bench/sft_throughput.py --no-record     # do not record in bench/RESULTS.md
   See ``--help`` for model size, batch and step flags. Needs the ``bench`` extra (trl, psutil).
 """
 from __future__ import annotations
@@ -50,6 +53,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _results import insert_section  # noqa: E402
+
 CONFIGS = ("hone", "trl-default", "trl-best")
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
@@ -213,9 +220,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-# Proposed hone changes that live outside this benchmark's files, applied by monkeypatching inside a hone run only
-# (config names like ``hone+varlen-attn+fused-adamw``), so that before/after can be measured in one interleaved
-# session. Each one says what the change in hone would be.
+# Variants of hone applied inside a hone run only (config names like ``hone+no-varlen+fused-adamw``), so that
+# before/after can be measured in one interleaved session: an earlier state of hone ("before") or a proposed change
+# that lives outside this benchmark's files (monkeypatched). Each one says what it is.
 def _exp_plain_loss() -> None:
     """The loss before the fused head: full [T, V] logits for every position, then cross-entropy."""
     import hone.training.trainer as trainer
@@ -228,45 +235,10 @@ def _exp_plain_loss() -> None:
     trainer.forward_loss_sum = forward_loss_sum
 
 
-def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-                          **kwargs):
-    """Causal SDPA per packed sample (boundaries where position_ids restart at 0) instead of one SDPA call over the
-    whole row with a block-diagonal mask, which costs (sum of lengths)^2 instead of sum(length^2) on CPU kernels
-    that cannot skip masked blocks. Proposed for hone.models (registered with transformers' AttentionInterface and
-    chosen by load_model for padding-free training when FlashAttention is not available)."""
-    import torch.nn.functional as F
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    pos = kwargs.get("position_ids")
-    t = query.shape[2]
-    if (attention_mask is not None or pos is None or query.shape[0] != 1 or key.shape[2] != t or t == 1
-            or not getattr(module, "is_causal", True) or kwargs.get("sliding_window")
-            or getattr(module, "sliding_window", None)):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    starts = (pos.reshape(-1) == 0).nonzero().flatten().tolist()
-    bounds = ([0] if not starts or starts[0] != 0 else []) + starts + [t]
-    gqa = getattr(module, "num_key_value_groups", 1) > 1
-    p = dropout if module.training else 0.0
-    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=p,
-                                           scale=scaling, is_causal=True, enable_gqa=gqa)
-            for s, e in zip(bounds[:-1], bounds[1:])]
-    out = outs[0] if len(outs) == 1 else __import__("torch").cat(outs, dim=2)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _exp_varlen_attn() -> None:
-    import hone.training.run as run
-    from hone.models import load as load_mod
-    from transformers import AttentionInterface
-
-    AttentionInterface.register("hone_varlen_sdpa", varlen_sdpa_attention)
-    original = load_mod.load_model
-
-    def load_model(*a, attn_implementation="hone_varlen_sdpa", **k):
-        return original(*a, attn_implementation=attn_implementation, **k)
-
-    run.load_model = load_mod.load_model = load_model
+def _exp_no_varlen() -> None:
+    """hone before per-sample attention: stock SDPA over the whole packed row (transformers builds the row's
+    block-diagonal [T, T] mask), through hone's own escape hatch HONE_ATTN_IMPLEMENTATION=sdpa."""
+    os.environ["HONE_ATTN_IMPLEMENTATION"] = "sdpa"
 
 
 def _exp_fused_adamw() -> None:
@@ -290,7 +262,7 @@ def _exp_fused_adamw() -> None:
     trainer.make_optimizer = make_optimizer
 
 
-EXPERIMENTS = {"plain-loss": _exp_plain_loss, "varlen-attn": _exp_varlen_attn, "fused-adamw": _exp_fused_adamw}
+EXPERIMENTS = {"plain-loss": _exp_plain_loss, "no-varlen": _exp_no_varlen, "fused-adamw": _exp_fused_adamw}
 
 
 def worker_hone(spec: dict, experiments: list[str]) -> dict:
@@ -299,6 +271,8 @@ def worker_hone(spec: dict, experiments: list[str]) -> dict:
 
     for name in experiments:
         EXPERIMENTS[name]()
+    if spec.get("hone_attn"):  # e.g. flash_attention_2 on a GPU (gpu_mfu.py); hone's escape hatch
+        os.environ.setdefault("HONE_ATTN_IMPLEMENTATION", spec["hone_attn"])
     # Stamp wall and CPU time when the trainer opens its metrics file and after each step's record, so a step's
     # time is measured as for TRL: from one step's end to the next (forward, backward, optimizer, logging, data).
     stamps: list[tuple[float, float]] = []  # [train start, end of step 1, end of step 2, ...]
@@ -325,7 +299,8 @@ def worker_hone(spec: dict, experiments: list[str]) -> dict:
                    learning_rate=spec["lr"], max_steps=spec["steps"], num_epochs=1000, max_seq_len=spec["max_len_cfg"],
                    max_tokens_per_gpu=spec["hone_max_tokens"], lr_scheduler="cosine", warmup_steps=0,
                    seed=spec["seed"], beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, max_grad_norm=1.0,
-                   checkpoint_at_epoch=False, save_final_checkpoint=False, progress=False, overwrite=True)
+                   checkpoint_at_epoch=False, save_final_checkpoint=False, progress=False, overwrite=True,
+                   dtype=spec.get("dtype", "auto"))
     total = time.perf_counter() - t0
     metrics = [json.loads(line) for line in res.metrics_path.read_text().splitlines() if line.strip()]
     if len(stamps) != len(metrics) + 1:
@@ -350,7 +325,11 @@ def worker_trl(spec: dict, best: bool) -> dict:
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(spec["model_dir"])
     tok.chat_template = CHATML_GENERATION_TEMPLATE
-    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
+    dtype = spec.get("dtype", "float32")
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=getattr(torch, dtype),
+                                                 attn_implementation=spec.get("trl_attn", "sdpa"))
+    if torch.cuda.is_available():
+        model.to("cuda")
     model.config.use_cache = False
     rows = [json.loads(line) for line in Path(spec["data_path"]).read_text().splitlines() if line.strip()]
     data = Dataset.from_list(rows)
@@ -358,7 +337,7 @@ def worker_trl(spec: dict, best: bool) -> dict:
         output_dir=str(Path(spec["work"]) / "runs" / ("trl-best" if best else "trl-default")),
         max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine", warmup_steps=0,
         adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=1.0, seed=spec["seed"],
-        bf16=False, fp16=False, gradient_checkpointing=spec["trl_gradient_checkpointing"],
+        bf16=dtype == "bfloat16", fp16=False, gradient_checkpointing=spec["trl_gradient_checkpointing"],
         assistant_only_loss=True, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_pin_memory=False,
     )
@@ -383,12 +362,16 @@ def worker_trl(spec: dict, best: bool) -> dict:
             counts["loss_tokens"] += int((inputs["labels"][:, 1:] != -100).sum())
             return super().training_step(model, inputs, num_items_in_batch)
 
-    class Timing(TrainerCallback):
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    class Timing(TrainerCallback):  # on a GPU, step ends are synchronised (hone's end with the loss's .item())
         def on_train_begin(self, args, state, control, **kw):
+            sync()
             GATE.wait()
             marks["last"], marks["cpu"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
+            sync()
             now, cpu = time.perf_counter(), time.process_time()
             steps.append({**counts, "time": now - marks["last"], "cpu": cpu - marks["cpu"], "loss": float("nan")})
             GATE.wait()
@@ -483,7 +466,8 @@ def git_commit() -> str:
 def file_versions() -> str:
     """Git blob ids of the files that decide hone's step time, so a dirty tree still says which code ran."""
     out = []
-    for f in ("hone/training/loss.py", "hone/training/trainer.py", "hone/data/batching.py", "hone/models/load.py"):
+    for f in ("hone/training/loss.py", "hone/training/trainer.py", "hone/data/batching.py", "hone/models/load.py",
+              "hone/models/attention.py"):
         try:
             blob = subprocess.run(["git", "hash-object", f], cwd=ROOT, capture_output=True, text=True,
                                   check=True).stdout.strip()[:10]
@@ -535,7 +519,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(ROOT / "bench" / "out" / "sft_throughput"), help="cache and run directory")
-    p.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+    p.add_argument("--no-record", action="store_true", help="do not record in bench/RESULTS.md")
     p.add_argument("--note", default="", help="a line recorded with the results (e.g. what changed)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -624,7 +608,7 @@ def main(argv=None) -> int:
     print(f"\ntotal {elapsed:.0f}s")
     if not args.no_record:
         record(args, argv, started, elapsed, cfg, n_params, stats, spec, table, summary, load_start)
-        print(f"appended to {RESULTS}")
+        print(f"recorded in {RESULTS} (newest first)")
     return 0
 
 
@@ -706,13 +690,12 @@ def report(runs: dict[str, list[dict]], args) -> tuple[str, str]:
 def record(args, argv, started, elapsed, cfg, n_params, stats, spec, table, summary, load_start) -> None:
     cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/sft_throughput.py", *(argv or sys.argv[1:])])
     load = os.getloadavg()
-    text = f"""
-## SFT throughput: hone vs TRL SFTTrainer, CPU (bench/sft_throughput.py), {started:%Y-%m-%d %H:%M} UTC
+    text = f"""## SFT throughput: hone vs TRL SFTTrainer, CPU (bench/sft_throughput.py), {started:%Y-%m-%d %H:%M} UTC
 
 - command: `{cmd}`{f"  {chr(10)}- note: {args.note}" if args.note else ""}
 - commit: `{git_commit()}` (blobs: {file_versions()}); {versions()}
 - machine: {machine()}; 1-min load average {load_start[0]:.1f} at the start, {load[0]:.1f} at the end (other jobs share the cores)
-- model: Qwen2, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV, intermediate {cfg.intermediate_size}, vocab {cfg.vocab_size}: {n_params['total'] / 1e6:.1f}M parameters ({n_params['non_embedding'] / 1e6:.1f}M non-embedding), float32, SDPA
+- model: Qwen2, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV, intermediate {cfg.intermediate_size}, vocab {cfg.vocab_size}: {n_params['total'] / 1e6:.1f}M parameters ({n_params['non_embedding'] / 1e6:.1f}M non-embedding), float32; attention: hone per-sample SDPA (`hone_varlen_sdpa`; `+no-varlen`: SDPA over the packed row with its block-diagonal mask), TRL SDPA
 - data: {stats['samples']} synthetic chats, tokens/sample log-normal (median {stats['median']:.0f}, mean {stats['mean']:.0f}, {stats['min']}–{stats['max']}); assistant-only loss everywhere
 - per run: {args.steps} optimizer steps of {args.batch} samples, lr {args.lr}, cosine, AdamW(0.9, 0.95); medians over steps after {args.warmup} warm-up step(s), then over {args.repeats} round(s), runs interleaved {'step by step (lock-step processes)' if args.interleave == 'steps' else 'run by run'}; trl-best = packing bfd + padding_free, {spec['pack_rows']} row(s) × {spec['pack_len']} tokens per step; TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}; hone max_tokens_per_gpu {args.hone_max_tokens}
 - wall time of the whole benchmark: {elapsed:.0f}s
@@ -721,10 +704,7 @@ def record(args, argv, started, elapsed, cfg, n_params, stats, spec, table, summ
 
 {summary}
 """
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n")
-    with RESULTS.open("a", encoding="utf-8") as fh:
-        fh.write(text)
+    insert_section(text, RESULTS)  # newest first, after the file's header
 
 
 if __name__ == "__main__":

@@ -35,4 +35,12 @@ def evaluate(model_path: str, output_dir: str, **kwargs):
     return _evaluate(model_path, output_dir, **kwargs)
 
 
-__all__ = ["HoneError", "sft", "osft", "lora_sft", "evaluate", "__version__"]
+def run_pipeline(data: str, **kwargs):
+    """The four stages (dataset, training, evaluation, registration) locally, with a run directory, caching
+    and report.html. See ``hone.pipeline.runner.run_pipeline``."""
+    from hone.pipeline.runner import run_pipeline as _run_pipeline
+
+    return _run_pipeline(data, **kwargs)
+
+
+__all__ = ["HoneError", "sft", "osft", "lora_sft", "evaluate", "run_pipeline", "__version__"]

@@ -98,6 +98,8 @@ from hone.cli.registry import registry  # noqa: E402
 cli.add_command(registry)
 from hone.cli.eval import eval_command  # noqa: E402
 cli.add_command(eval_command)
+from hone.cli.pipeline import pipeline  # noqa: E402
+cli.add_command(pipeline)
 
 
 def main(argv: list[str] | None = None) -> int:

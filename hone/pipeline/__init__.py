@@ -1,0 +1,1 @@
+"""The four-stage pipeline: stage functions, the local runner, the report, and the KFP pipelines."""

@@ -1,0 +1,299 @@
+"""The four pipeline stages as library functions: dataset, training, evaluation, registration.
+
+The local runner (:mod:`hone.pipeline.runner`) and the KFP components (:mod:`hone.pipeline.kfp`) both call
+these; each takes the resolved pipeline parameters (:func:`hone.pipeline.params.resolve`), the output
+directories of the stages before it, and its own output directory, and returns a :class:`StageResult` whose
+``summary`` is small JSON (it goes into the run manifest, the report and KFP metrics).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from hone.errors import HoneError
+from hone.pipeline.params import DATA_URI
+
+log = logging.getLogger("hone")
+
+STAGES = ("dataset", "training", "evaluation", "registration")
+SKIPPED = "SKIPPED"
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: headline figures (JSON) and the files the next stages and the report use."""
+
+    stage: str
+    summary: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)  # role -> path relative to the stage directory
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.stage, "summary": self.summary, "files": self.files}
+
+    def write(self, out_dir: Path) -> "StageResult":
+        from hone.io import atomic_write_text
+
+        atomic_write_text(out_dir / STAGE_FILE, json.dumps(self.to_json(), indent=2, default=str) + "\n")
+        return self
+
+    @classmethod
+    def read(cls, out_dir: Path) -> "StageResult":
+        d = json.loads((Path(out_dir) / STAGE_FILE).read_text())
+        return cls(d["stage"], d["summary"], d.get("files", {}))
+
+
+def _hf_token(token: str) -> None:
+    """A token passed as a parameter is used like the hf-token secret (which wins when both are set)."""
+    if token and not os.environ.get("HF_TOKEN"):
+        os.environ["HF_TOKEN"] = token
+
+
+# -- stage 1 ---------------------------------------------------------------------------------------------
+def dataset_stage(values: Mapping[str, Any], out_dir: str | Path) -> StageResult:
+    """Download, validate, convert and split the dataset: ``train.jsonl``, ``eval.jsonl``, ``dataset_report.json``."""
+    from hone.config import DataConfig
+    from hone.data.stage import EVAL_FILE, REPORT_FILE, TRAIN_FILE, prepare_dataset
+
+    _hf_token(values["phase_01_dataset_opt_hf_token"])
+    cfg = DataConfig(data_path=values[DATA_URI], train_split_ratio=values["phase_01_dataset_man_data_split"],
+                     subset=values["phase_01_dataset_opt_subset"],
+                     max_seq_len=values["phase_02_train_opt_max_seq_len"])
+    report = prepare_dataset(cfg, out_dir, seed=values["phase_02_train_opt_seed"])
+    rows = report.rows
+    summary = {"source": report.source, "format": report.format, "sha256": report.sha256,
+               "rows_read": rows["read"], "rows_valid": rows["valid"], "rows_invalid": rows["invalid"],
+               "train_rows": rows["train"], "eval_rows": rows["eval"]}
+    return StageResult("dataset", summary, {"train": TRAIN_FILE, "eval": EVAL_FILE, "report": REPORT_FILE})
+
+
+# -- stage 2 ---------------------------------------------------------------------------------------------
+def training_params(algorithm: str, values: Mapping[str, Any], train_data: str, output_dir: str) -> dict[str, Any]:
+    """The pipeline parameters as hone training parameters (``hone train <algorithm>`` names)."""
+    v = values
+    flat: dict[str, Any] = {
+        "model_path": v["phase_02_train_man_model"], "data_path": train_data, "ckpt_output_dir": output_dir,
+        "num_epochs": v["phase_02_train_man_epochs"], "effective_batch_size": v["phase_02_train_man_train_batch"],
+        "max_tokens_per_gpu": v["phase_02_train_man_tokens"], "learning_rate": v["phase_02_train_opt_learning_rate"],
+        "warmup_steps": v["phase_02_train_opt_lr_warmup"], "lr_scheduler": v["phase_02_train_opt_lr_scheduler"],
+        "max_seq_len": v["phase_02_train_opt_max_seq_len"], "checkpoint_at_epoch": v["phase_02_train_opt_save_epoch"],
+        "accelerate_full_state_at_epoch": v["phase_02_train_opt_save_full_state"],
+        "fsdp_sharding_strategy": v["phase_02_train_opt_fsdp_sharding"], "seed": v["phase_02_train_opt_seed"],
+    }
+    if v["phase_02_train_opt_save_samples"] > 0:  # Training Hub: a checkpoint every N samples
+        flat["checkpoint_every_steps"] = max(1, math.ceil(v["phase_02_train_opt_save_samples"]
+                                                          / v["phase_02_train_man_train_batch"]))
+    if algorithm == "osft":
+        flat["unfreeze_rank_ratio"] = v["phase_02_train_man_unfreeze_rank_ratio"]
+        if v["phase_02_train_opt_target_patterns"]:
+            flat["target_patterns"] = [s.strip() for s in v["phase_02_train_opt_target_patterns"].split(",")
+                                       if s.strip()]
+    if algorithm == "lora":
+        flat.update(lora_r=v["phase_02_train_man_lora_r"], lora_alpha=v["phase_02_train_man_lora_alpha"],
+                    lora_dropout=v["phase_02_train_opt_lora_dropout"], load_in_4bit=v["phase_02_train_opt_load_in_4bit"])
+        if v["phase_02_train_opt_target_modules"]:
+            flat["target_modules"] = [s.strip() for s in v["phase_02_train_opt_target_modules"].split(",")
+                                      if s.strip()]
+    procs = v["phase_02_train_opt_num_procs"]
+    nproc = int(procs) if procs != "auto" else v["phase_02_train_man_gpu"]
+    if nproc > 1:
+        flat["nproc_per_node"] = nproc
+    return flat
+
+
+def job_options(values: Mapping[str, Any], *, pvc: str | None = None, pvc_path: str | None = None) -> dict[str, Any]:
+    """The pipeline parameters as TrainJob options (:class:`hone.kube.config.KubeJobConfig`)."""
+    from hone.kube.config import parse_pairs
+
+    v = values
+    procs = v["phase_02_train_opt_num_procs"]
+    opts: dict[str, Any] = {
+        "num_nodes": v["phase_02_train_man_workers"],
+        "num_procs_per_node": int(procs) if procs != "auto" else v["phase_02_train_man_gpu"],
+        "resources_per_node": {"gpu": v["phase_02_train_man_gpu"], "cpu": v["phase_02_train_opt_cpu"],
+                               "memory": v["phase_02_train_opt_memory"]},
+        "env": parse_pairs(v["phase_02_train_opt_env_vars"], "phase_02_train_opt_env_vars"),
+        "labels": parse_pairs(v["phase_02_train_opt_labels"], "phase_02_train_opt_labels"),
+        "annotations": parse_pairs(v["phase_02_train_opt_annotations"], "phase_02_train_opt_annotations"),
+        "image_pull_secrets": v["phase_02_train_opt_pull_secret"],
+    }
+    if pvc:
+        opts.update(pvc=pvc, pvc_path=pvc_path)
+    return opts
+
+
+def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str | Path, out_dir: str | Path, *,
+                   launcher: str = "local", pvc: str | None = None, pvc_path: str | None = None,
+                   submit_backend: str = "kubernetes", run_config_hook: Callable[[Any], None] | None = None
+                   ) -> StageResult:
+    """Fine-tune the base model on the dataset stage's ``train.jsonl``.
+
+    ``launcher="local"`` trains in this process (torchrun when more than one process per worker is asked
+    for); ``"trainjob"`` submits a Kubeflow TrainJob with ``phase_02_train_man_workers`` pods sharing the
+    PVC ``pvc`` mounted at ``pvc_path`` (where ``out_dir`` and ``dataset_dir`` must be), and waits for it.
+    A rerun into the same directory with the same parameters resumes from its last checkpoint.
+    """
+    from hone.api import run
+    from hone.config import RunConfig
+    from hone.training.run import RESULT_FILE, TrainResult
+
+    _hf_token(values["phase_02_train_opt_hf_token"])
+    out = Path(out_dir)
+    flat = training_params(algorithm, values, str(Path(dataset_dir) / "train.jsonl"), str(out))
+    flat["resume_from"] = "auto"
+    notes = []
+    if values["phase_02_train_opt_use_liger"]:
+        notes.append("use_liger: hone's own chunked, fused LM-head cross-entropy is always on; Liger is not used")
+    if launcher == "local":
+        if values["phase_02_train_man_workers"] > 1:
+            notes.append(f"phase_02_train_man_workers={values['phase_02_train_man_workers']} applies on a cluster; "
+                         "this run trains on this machine")
+        cfg = RunConfig.from_flat(algorithm, flat, source="pipeline parameters")
+        if run_config_hook:
+            run_config_hook(cfg)
+        result = run(cfg)
+    elif launcher == "trainjob":
+        if not pvc or not pvc_path:
+            raise HoneError("a TrainJob needs the pipeline's shared PVC", where="training stage",
+                            fix="compile the pipeline with its workspace PVC (cluster mode)")
+        for p, what in ((out, "output"), (Path(dataset_dir), "dataset")):
+            if not str(p.resolve()).startswith(str(Path(pvc_path).resolve())):
+                raise HoneError(f"the training {what} directory {p} is not on the shared PVC {pvc_path}",
+                                where="training stage", fix="stage the data on the workspace PVC")
+        from hone.kube.submit import submit
+
+        sub = submit(algorithm, params=flat, job=job_options(values, pvc=pvc, pvc_path=pvc_path),
+                     backend=submit_backend, wait=True, follow_logs=True,
+                     on_log=lambda line: print(line, flush=True))
+        notes.append(f"TrainJob {sub.name} ({values['phase_02_train_man_workers']} workers)")
+        result_file = out / RESULT_FILE
+        if not result_file.is_file():
+            raise HoneError(f"TrainJob {sub.name} finished without {result_file}", where="training stage",
+                            fix=f"look at the job's logs: hone kube logs {sub.name}")
+        result = TrainResult.from_json(json.loads(result_file.read_text()))
+    else:
+        raise HoneError(f"unknown launcher {launcher!r}", where="training stage", fix="use local or trainjob")
+    if result.status != "completed":
+        raise HoneError(f"training stopped early ({result.status}) after step {result.steps}",
+                        where="training stage", fix="rerun the pipeline: training resumes from its last checkpoint")
+    if result.final_model_dir is None:
+        raise HoneError("training wrote no final model", where="training stage", fix="keep save_final_checkpoint on")
+    rel = lambda p: str(Path(p).resolve().relative_to(out.resolve()))  # noqa: E731
+    summary = {"algorithm": algorithm, "base_model": values["phase_02_train_man_model"], "steps": result.steps,
+               "epochs": result.epochs_completed, "first_loss": result.first_loss, "final_loss": result.final_loss,
+               "samples_trained": result.samples_trained, "tokens_trained": result.tokens_trained,
+               "train_seconds": round(result.elapsed_s, 2), "world_size": result.world_size,
+               "data": result.data_report.summary(), "notes": notes}
+    if result.resumed_from:
+        summary["resumed_from"] = str(result.resumed_from)
+    files = {"model": rel(result.final_model_dir), "metrics": rel(result.metrics_path),
+             "loss_chart_png": rel(result.loss_chart_png), "loss_chart_html": rel(result.loss_chart_html),
+             "params": rel(result.params_path), "result": RESULT_FILE}
+    return StageResult("training", summary, files)
+
+
+# -- stage 3 ---------------------------------------------------------------------------------------------
+EVAL_MODEL_ARGS = {"dtype": "dtype", "trust_remote_code": "trust_remote_code", "max_length": "max_seq_len",
+                   "device": "device"}
+EVAL_GEN_KWARGS = {"max_new_tokens": "max_new_tokens", "max_gen_toks": "max_new_tokens"}
+
+
+def _mapped(given: Mapping[str, Any], table: Mapping[str, str], name: str) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(table))
+    if unknown:
+        raise HoneError(f"{name} has keys hone does not use: {', '.join(unknown)}", where=name,
+                        fix=f"use only {', '.join(sorted(table))}")
+    return {table[k]: v for k, v in given.items()}
+
+
+def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, dataset_dir: str | Path,
+                     out_dir: str | Path) -> StageResult:
+    """Evaluate the fine-tuned model (lm-eval tasks + the eval split) and compare it with its base model."""
+    from hone.config import EvalConfig
+    from hone.evaluation import run_evaluation
+
+    _hf_token(values["phase_01_dataset_opt_hf_token"] or values["phase_02_train_opt_hf_token"])
+    level = getattr(logging, str(values["phase_03_eval_opt_verbosity"]).upper(), None)
+    if not isinstance(level, int):
+        raise HoneError(f"unknown verbosity {values['phase_03_eval_opt_verbosity']!r}",
+                        where="phase_03_eval_opt_verbosity", fix="use DEBUG, INFO, WARNING or ERROR")
+    logging.getLogger("lm-eval").setLevel(level)
+    training = StageResult.read(Path(training_dir))
+    eval_file = Path(dataset_dir) / "eval.jsonl"
+    has_eval = eval_file.is_file() and eval_file.stat().st_size > 0
+    limit = values["phase_03_eval_opt_limit"]
+    batch = values["phase_03_eval_opt_batch"]
+    include = [s.strip() for s in values["phase_03_eval_opt_include_path"].split(",") if s.strip()]
+    kwargs = {
+        "model_path": str(Path(training_dir) / training.files["model"]), "output_dir": str(out_dir),
+        "base_model_path": values["phase_02_train_man_model"] if values["phase_03_eval_opt_compare_base"] else None,
+        "tasks": values["phase_03_eval_man_tasks"], "include_path": include,
+        "eval_data_path": str(eval_file) if has_eval else None, "limit": None if limit == -1 else limit,
+        "batch_size": batch if batch == "auto" else int(batch), "log_samples": values["phase_03_eval_opt_log_samples"],
+        "overwrite": True,
+        **_mapped(values["phase_03_eval_opt_model_args"], EVAL_MODEL_ARGS, "phase_03_eval_opt_model_args"),
+        **_mapped(values["phase_03_eval_opt_gen_kwargs"], EVAL_GEN_KWARGS, "phase_03_eval_opt_gen_kwargs"),
+    }
+    if not kwargs["tasks"] and not include and not has_eval:
+        raise HoneError("nothing to evaluate: no lm-eval task and an empty eval split", where="phase_03_eval_man_tasks",
+                        fix="name lm-eval tasks, or set phase_01_dataset_man_data_split below 1")
+    result = run_evaluation(EvalConfig.from_flat(kwargs))
+    summary: dict[str, Any] = {"metrics": result.metrics, "seconds": round(result.elapsed_s, 2),
+                               "forgetting": result.forgetting}
+    if result.base_metrics is not None:
+        summary["base_metrics"] = result.base_metrics
+    files = {str(k): str(k) for k in result.files}
+    return StageResult("evaluation", summary, files)
+
+
+# -- stage 4 ---------------------------------------------------------------------------------------------
+def registration_stage(values: Mapping[str, Any], training_dir: str | Path, evaluation_dir: str | Path | None,
+                       dataset_dir: str | Path, out_dir: str | Path, *, registry: Any = None,
+                       pipeline_run: str | None = None) -> StageResult:
+    """Register the fine-tuned model with its lineage, or return ``SKIPPED`` when no registry is configured.
+
+    A Kubeflow Model Registry is used when ``phase_04_registry_man_address`` is set; otherwise ``registry``
+    (a :class:`hone.config.RegistryConfig`, e.g. the embedded MLflow one of a local run) when given.
+    """
+    from hone.config import RegistryConfig
+    from hone.registry import register_model
+
+    v = values
+    reg_values = {"registry_name": v["phase_04_registry_man_name"], "registry_version": v["phase_04_registry_man_version"],
+                  "registry_author": v["phase_04_registry_man_author"],
+                  "registry_description": v["phase_04_registry_opt_description"],
+                  "registry_format_name": v["phase_04_registry_opt_format_name"],
+                  "registry_format_version": v["phase_04_registry_opt_format_version"]}
+    if v["phase_04_registry_man_address"]:
+        cfg = RegistryConfig(registry_backend="kubeflow", registry_address=v["phase_04_registry_man_address"],
+                             registry_port=v["phase_04_registry_opt_port"], **reg_values)
+    elif registry is not None:
+        cfg = registry.model_copy(update=reg_values)
+    else:
+        log.info("no model registry configured (phase_04_registry_man_address is empty): registration skipped")
+        return StageResult("registration", {"model_id": SKIPPED, "reason": "no registry configured"})
+    training = StageResult.read(Path(training_dir))
+    dataset = StageResult.read(Path(dataset_dir))
+    metadata = {"pipeline_algorithm": training.summary["algorithm"]}
+    if pipeline_run:
+        metadata["pipeline_run"] = pipeline_run
+    info = register_model(Path(training_dir) / training.files["model"], cfg, run_dir=training_dir,
+                          eval_results=evaluation_dir, base_model=v["phase_02_train_man_model"],
+                          dataset_uri=v[DATA_URI], dataset_sha256=dataset.summary.get("sha256"), metadata=metadata)
+    if info is None:
+        return StageResult("registration", {"model_id": SKIPPED, "reason": "registry backend none"})
+    summary = {"model_id": info.ref, **info.to_json(), "backend": cfg.registry_backend}
+    return StageResult("registration", json.loads(json.dumps(summary, default=str)))
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy a directory (KFP artifacts <-> the shared PVC)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)

@@ -1,0 +1,91 @@
+"""The pipeline parameter table and how the stages map it onto hone's configuration (pure functions)."""
+from __future__ import annotations
+
+import pytest
+
+from hone.errors import HoneError
+from hone.pipeline import params as P
+from hone.pipeline.stages import job_options, training_params
+
+DATA = {P.DATA_URI: "data.jsonl"}
+
+
+def test_flavours_expose_man_or_all_parameters():
+    minimal = P.params_for("osft-minimal")
+    assert minimal and all("_man_" in p.name for p in minimal)
+    assert "phase_02_train_man_unfreeze_rank_ratio" in [p.name for p in minimal]
+    full = [p.name for p in P.params_for("osft")]
+    assert set(p.name for p in minimal) < set(full)
+    assert "phase_02_train_man_lora_r" not in full and "phase_02_train_man_lora_r" in [p.name for p in P.params_for("lora")]
+    with pytest.raises(HoneError, match="did you mean 'osft-minimal'"):
+        P.params_for("osft_minimal")
+
+
+def test_per_algorithm_defaults():
+    assert P.defaults("sft")["phase_02_train_man_workers"] == 4   # seed 004
+    assert P.defaults("osft")["phase_02_train_man_workers"] == 1  # seed 001: OSFT runs on one node
+    assert P.defaults("osft")["phase_02_train_opt_memory"] == "32Gi"
+    assert P.defaults("lora")["phase_02_train_opt_learning_rate"] == 2e-4
+    assert P.defaults("sft")["phase_04_registry_man_name"] == "sft-model"
+    d = P.defaults("sft")
+    d["phase_03_eval_man_tasks"].append("x")  # defaults are copies
+    assert P.defaults("sft")["phase_03_eval_man_tasks"] == ["arc_easy"]
+
+
+def test_resolve_coerces_text_and_accepts_upstream_aliases():
+    v = P.resolve("osft", {**DATA, "phase_02_train_man_train_epochs": "3", "phase_02_train_opt_save_epoch": "false",
+                           "phase_03_eval_man_tasks": "arc_easy, mmlu", "phase_03_eval_opt_gen_kwargs": '{"max_new_tokens": 9}',
+                           "phase_02_train_man_unfreeze_rank_ratio": "0.3"})
+    assert v["phase_02_train_man_epochs"] == 3 and v["phase_02_train_opt_save_epoch"] is False
+    assert v["phase_03_eval_man_tasks"] == ["arc_easy", "mmlu"]
+    assert v["phase_03_eval_opt_gen_kwargs"] == {"max_new_tokens": 9}
+    assert v["phase_02_train_man_unfreeze_rank_ratio"] == 0.3
+
+
+@pytest.mark.parametrize("given, match", [
+    ({"phase_01_dataset_man_data_split": 1.5}, "must be in \\(0, 1\\]"),
+    ({"phase_02_train_man_train_batch": 0}, "at least 1"),
+    ({"phase_02_train_opt_num_procs": "many"}, "auto or a positive integer"),
+    ({"phase_02_train_man_epochs": 1.5}, "expected an integer"),
+    ({"phase_02_train_opt_save_epoch": "maybe"}, "expected true or false"),
+    ({"phase_03_eval_opt_limit": 0}, "-1 \\(no limit\\)"),
+    ({"phase_03_eval_opt_model_args": "{bad json"}, "JSON object"),
+])
+def test_resolve_rejects_bad_values(given, match):
+    with pytest.raises(HoneError, match=match):
+        P.resolve("sft", {**DATA, **given})
+
+
+def test_token_values_are_redacted_in_errors_and_public_views():
+    with pytest.raises(HoneError) as err:
+        P.resolve("sft", {**DATA, "phase_02_train_opt_hf_token": ["hf_secret"]})
+    assert "hf_secret" not in str(err.value)
+    v = P.resolve("sft", {**DATA, "phase_02_train_opt_hf_token": "hf_secret"})
+    assert P.public(v)["phase_02_train_opt_hf_token"] == "<redacted>"
+    assert P.public(P.resolve("sft", DATA))["phase_02_train_opt_hf_token"] == ""
+
+
+def test_training_params_map_onto_hone_names():
+    v = P.resolve("osft", {**DATA, "phase_02_train_opt_save_samples": 300, "phase_02_train_man_train_batch": 128,
+                           "phase_02_train_opt_target_patterns": "q_proj, v_proj", "phase_02_train_man_gpu": 2})
+    flat = training_params("osft", v, "d/train.jsonl", "out")
+    assert flat["effective_batch_size"] == 128 and flat["max_tokens_per_gpu"] == 10000
+    assert flat["checkpoint_every_steps"] == 3  # 300 samples / 128 per step, rounded up
+    assert flat["target_patterns"] == ["q_proj", "v_proj"] and flat["unfreeze_rank_ratio"] == 0.25
+    assert flat["nproc_per_node"] == 2 and flat["learning_rate"] == 5e-6
+    from hone.config import RunConfig
+
+    RunConfig.from_flat("osft", flat)  # every name is a real training parameter
+    lora = training_params("lora", P.resolve("lora", {**DATA, "phase_02_train_opt_target_modules": "q_proj"}), "t", "o")
+    assert lora["lora_r"] == 16 and lora["target_modules"] == ["q_proj"] and "nproc_per_node" not in lora
+    RunConfig.from_flat("lora", lora)
+
+
+def test_job_options_from_the_seed_defaults():
+    from hone.kube.config import KubeJobConfig
+
+    opts = job_options(P.resolve("sft", DATA), pvc="ws", pvc_path="/workspace")
+    job = KubeJobConfig.build(opts)
+    assert job.num_nodes == 4 and job.num_procs_per_node == 1
+    assert job.resources_per_node["memory"] == "64Gi" and job.pvc == "ws"
+    assert job.env["NCCL_DEBUG"] == "INFO"
