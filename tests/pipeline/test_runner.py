@@ -219,3 +219,26 @@ def test_bad_data_fails_in_the_dataset_stage_with_the_row(tmp_path, tiny_model_d
     assert "bad.jsonl" in str(err.value)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["dataset"]["status"] == "failed" and "training" not in manifest["stages"]
+
+
+def test_training_stage_as_a_trainjob_with_two_workers(tmp_path, chat_file, tiny_model_dir):
+    """The cluster path of the training stage (workers > 1: a TrainJob on the shared PVC), run by the kube
+    layer's local backend: two "pods" as processes, torchrun rendezvous over loopback."""
+    from hone.pipeline import params as P
+
+    pvc = tmp_path / "pvc"
+    values = P.resolve("sft", {**PARAMS, P.DATA_URI: str(chat_file), "phase_02_train_man_model": str(tiny_model_dir),
+                               "phase_02_train_man_workers": 2, "phase_02_train_opt_env_vars": "",
+                               "phase_02_train_opt_cpu": "1", "phase_02_train_opt_memory": "2Gi"})
+    dataset_dir = pvc / "run" / "01-dataset"
+    dataset_dir.mkdir(parents=True)
+    S.dataset_stage(values, dataset_dir).write(dataset_dir)
+    with pytest.raises(HoneError, match="not on the shared PVC"):
+        S.training_stage("sft", values, dataset_dir, tmp_path / "elsewhere", launcher="trainjob", pvc="ws",
+                         pvc_path=str(pvc), submit_backend="local")
+    out = pvc / "run" / "02-training"
+    result = S.training_stage("sft", values, dataset_dir, out, launcher="trainjob", pvc="ws", pvc_path=str(pvc),
+                              submit_backend="local")
+    assert result.summary["world_size"] == 2 and result.summary["steps"] >= 1
+    assert any(n.startswith("TrainJob ") for n in result.summary["notes"])
+    assert (out / result.files["model"] / "config.json").is_file()
