@@ -37,10 +37,10 @@ class StageResult:
     def to_json(self) -> dict[str, Any]:
         return {"stage": self.stage, "summary": self.summary, "files": self.files}
 
-    def write(self, out_dir: Path) -> "StageResult":
+    def write(self, out_dir: str | Path) -> "StageResult":
         from hone.io import atomic_write_text
 
-        atomic_write_text(out_dir / STAGE_FILE, json.dumps(self.to_json(), indent=2, default=str) + "\n")
+        atomic_write_text(Path(out_dir) / STAGE_FILE, json.dumps(self.to_json(), indent=2, default=str) + "\n")
         return self
 
     @classmethod
