@@ -231,10 +231,11 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
             manifest["stages"][stage] = {**old, "cached": True}
             progress.done(i, stage, 0.0, _headline(stage, run.results[stage].summary), cached=True)
             continue
-        # A stage that failed with the same inputs keeps its directory (training resumes from checkpoints);
-        # anything else starts clean.
-        if out.exists() and not (old.get("status") in ("failed", "running") and old.get("inputs_sha256") == key_hash
-                                 and stage not in forced):
+        # Training that failed (or was killed) with the same inputs keeps its directory: it resumes from its
+        # last checkpoint. Everything else starts clean.
+        resumable = (stage == "training" and stage not in forced and old.get("inputs_sha256") == key_hash
+                     and old.get("status") in ("failed", "running") and (out / "training_params.json").is_file())
+        if out.exists() and not resumable:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         started, t0 = _now(), time.monotonic()
