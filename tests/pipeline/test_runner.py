@@ -178,6 +178,26 @@ def test_osft_run_registers_in_mlflow_and_report_is_self_contained(tmp_path, cha
     assert parser.hrefs == [] and parser.scripts == 0  # nothing to fetch: opens from disk without a server
     for text in ("osft-model:2.0.0", "holdout/loss", "rows read", "final loss", "phase_02_train_man_unfreeze_rank_ratio"):
         assert text in html
+    _screenshot_if_chromium(run_dir / "report.html", tmp_path / "report.png")
+
+
+def _screenshot_if_chromium(page: Path, png: Path) -> None:
+    """Render the report in headless Chromium (Debian's package) when it is installed: it must load from disk
+    and paint a full page. Without Chromium the structural checks above stand alone."""
+    import shutil
+    import struct
+    import subprocess
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={png.parent / 'chromium-profile'}", "--window-size=1100,2400",
+                    f"--screenshot={png}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1100, 2400)
+    assert png.stat().st_size > 50_000  # text, tables and two charts, not a blank page
 
 
 def test_default_run_dir_is_reused_for_the_same_parameters(tmp_path, chat_file, tiny_model_dir, monkeypatch):
