@@ -117,7 +117,7 @@ def varlen_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
                           is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """Causal SDPA per packed sample; ``sdpa_attention_forward`` for anything else. Shapes as transformers
     passes them: query ``[B, H, T, D]``, key/value ``[B, H_kv, S, D]``; returns ``([B, T, H, D], None)``."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward, use_gqa_in_sdpa
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
     t = query.shape[2]
@@ -133,7 +133,7 @@ def varlen_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     sdpa_kwargs = {}
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
-        if use_gqa_in_sdpa(None, key, value):
+        if key.shape[-1] == value.shape[-1] <= 256:  # as transformers decides for an unmasked call on CUDA/CPU
             sdpa_kwargs["enable_gqa"] = True
         else:
             key, value = repeat_kv(key, groups), repeat_kv(value, groups)
