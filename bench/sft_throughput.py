@@ -408,6 +408,8 @@ def run_worker(config: str, spec_path: Path, result_path: Path, gate_fds: str | 
     else:
         out = worker_trl(spec, best=(config == "trl-best"))
     out.update(config=config, peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads())
+    if torch.cuda.is_available():
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     result_path.write_text(json.dumps(out))
 
 
