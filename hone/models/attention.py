@@ -93,9 +93,18 @@ def enable_for_training(model) -> str:
 def requested_implementation() -> str | None:
     """The training attention set in the environment (``HONE_ATTN_IMPLEMENTATION``), if any."""
     value = os.environ.get(ENV_VAR, "").strip()
-    if value == VARLEN_SDPA:
-        register()
-    return value or None
+    if not value:
+        return None
+    from transformers import AttentionInterface
+
+    register()
+    known = ["eager", *AttentionInterface().valid_keys()]
+    if value not in known:
+        from hone.errors import HoneError
+
+        raise HoneError(f"unknown attention implementation {value!r}", where=f"environment variable {ENV_VAR}",
+                        fix=f"use one of {', '.join(known)}, or unset {ENV_VAR} for hone's default")
+    return value
 
 
 def varlen_sdpa_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset=0,

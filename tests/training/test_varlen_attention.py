@@ -68,6 +68,15 @@ def test_environment_escape_hatch(tiny_model_dir, monkeypatch, value):
     assert load_model(str(tiny_model_dir), training=True).config._attn_implementation == value
 
 
+def test_unknown_environment_value_is_a_clear_error(tiny_model_dir, monkeypatch):
+    from hone.errors import HoneError
+
+    monkeypatch.setenv(attention.ENV_VAR, "fastest")
+    with pytest.raises(HoneError, match=attention.ENV_VAR) as err:
+        load_model(str(tiny_model_dir), training=True)
+    assert "sdpa" in str(err.value)
+
+
 def test_unsupported_configs_keep_sdpa():
     from transformers import MistralConfig, Qwen2Config, Qwen2ForCausalLM
 
