@@ -243,13 +243,31 @@ def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, datase
     if not kwargs["tasks"] and not include and not has_eval:
         raise HoneError("nothing to evaluate: no lm-eval task and an empty eval split", where="phase_03_eval_man_tasks",
                         fix="name lm-eval tasks, or set phase_01_dataset_man_data_split below 1")
-    result = run_evaluation(EvalConfig.from_flat(kwargs))
+    try:
+        result = run_evaluation(EvalConfig.from_flat(kwargs))
+    except HoneError as err:
+        raise _in_pipeline_terms(err) from None
     summary: dict[str, Any] = {"metrics": result.metrics, "seconds": round(result.elapsed_s, 2),
                                "forgetting": result.forgetting}
     if result.base_metrics is not None:
         summary["base_metrics"] = result.base_metrics
     files = {str(k): str(k) for k in result.files}
     return StageResult("evaluation", summary, files)
+
+
+# `hone eval` flags named in evaluation errors -> the pipeline parameters a pipeline user sets instead
+EVAL_FLAGS = {"--tasks": "phase_03_eval_man_tasks", "--include-path": "phase_03_eval_opt_include_path",
+              "--limit": "phase_03_eval_opt_limit", "--batch-size": "phase_03_eval_opt_batch",
+              "--base": "phase_02_train_man_model", "--max-new-tokens": "phase_03_eval_opt_gen_kwargs"}
+
+
+def _in_pipeline_terms(err: HoneError) -> HoneError:
+    def swap(text: str | None) -> str | None:
+        for flag, name in EVAL_FLAGS.items():
+            text = text and text.replace(flag, name)
+        return text
+
+    return HoneError(err.what, where=swap(err.where), fix=swap(err.fix))
 
 
 # -- stage 4 ---------------------------------------------------------------------------------------------

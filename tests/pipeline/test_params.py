@@ -89,3 +89,12 @@ def test_job_options_from_the_seed_defaults():
     assert job.num_nodes == 4 and job.num_procs_per_node == 1
     assert job.resources_per_node["memory"] == "64Gi" and job.pvc == "ws"
     assert job.env["NCCL_DEBUG"] == "INFO"
+
+
+def test_evaluation_errors_name_pipeline_parameters():
+    from hone.pipeline.stages import _in_pipeline_terms
+
+    err = _in_pipeline_terms(HoneError("task missing", where="tasks (--tasks): arc_easy",
+                                       fix="pass a directory with --include-path"))
+    assert err.where == "tasks (phase_03_eval_man_tasks): arc_easy"
+    assert err.fix == "pass a directory with phase_03_eval_opt_include_path"
