@@ -107,9 +107,13 @@ def test_full_run_then_rerun_skips_every_stage(tmp_path, chat_file, tiny_model_d
 
     # an output deleted behind the runner's back is noticed; --force-from reruns from a stage
     calls.calls.clear()
+    before = json.loads((run_dir / "manifest.json").read_text())["stages"]["evaluation"]["outputs_sha256"]
     (run_dir / "03-evaluation" / "metrics.json").unlink()
     _run(chat_file, run_dir, tiny_model_dir, params={"phase_02_train_opt_learning_rate": 5e-4})
-    assert calls.calls == ["evaluation", "registration"]
+    after = json.loads((run_dir / "manifest.json").read_text())["stages"]["evaluation"]["outputs_sha256"]
+    # registration depends on the evaluation's content: it reruns only if the new evaluation differs
+    # (lm-eval records its own wall time, so it usually does)
+    assert calls.calls == (["evaluation"] if after == before else ["evaluation", "registration"])
     calls.calls.clear()
     _run(chat_file, run_dir, tiny_model_dir, params={"phase_02_train_opt_learning_rate": 5e-4}, force="training")
     assert calls.calls == ["training", "evaluation", "registration"]
