@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -27,6 +28,8 @@ from typing import Any, Callable, Mapping
 
 from hone.errors import HoneError
 from hone.io import atomic_write_text
+
+log = logging.getLogger("hone")
 from hone.pipeline import params as P
 from hone.pipeline.stages import STAGE_FILE, STAGES, StageResult
 
@@ -266,7 +269,10 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
             save()
             progress.failed(i, stage, seconds, str(err))
             if report:
-                _write_report(run, manifest)
+                try:
+                    _write_report(run, manifest)
+                except Exception as report_err:  # never hide the stage's own error behind the report's
+                    log.warning("could not write %s: %s", run_path / REPORT, report_err)
             raise
         seconds = time.monotonic() - t0
         run.results[stage] = result
