@@ -1,6 +1,7 @@
 """`make demo`: the whole main job offline -- a tiny model pre-trained on hone's bundled corpus, then
 `hone pipeline run` with OSFT on the bundled chat data: dataset -> training -> evaluation against the base
-model (new skill and retention of the pre-training corpus) -> registration in the embedded MLflow registry.
+model (new skill and retention of the pre-training corpus) -> registration in the embedded MLflow registry;
+then the same job with plain SFT, to compare what each retains.
 """
 from __future__ import annotations
 
@@ -25,10 +26,39 @@ def main() -> int:
             "--run-dir", "demo-output/pipeline", "--registry-home", "demo-output/hone-home"]
     print("$ hone " + " ".join(argv), flush=True)
     code = hone_main(argv)
-    if code == 0:
-        print(f"\ndemo finished in {time.monotonic() - start:.0f}s; open the report above in a browser. "
-              "Run `make demo` again: every stage is cached.")
-    return code
+    if code != 0:
+        return code
+    compare_with_sft(model_dir)
+    print(f"\ndemo finished in {time.monotonic() - start:.0f}s; open the report above in a browser. "
+          "Run `make demo` again: every stage is cached.")
+    return 0
+
+
+def compare_with_sft(model_dir: Path) -> None:
+    """The same job with plain SFT (Python API, no registration): what OSFT's frozen directions preserve."""
+    import json
+
+    import yaml
+
+    import hone
+    from hone.pipeline.runner import Progress
+
+    params = yaml.safe_load((ROOT / "examples" / "pipeline.yaml").read_text())
+    params.pop("algorithm")
+    params.pop("phase_02_train_man_unfreeze_rank_ratio")
+    print("\nthe same job with plain SFT, for comparison (hone.run_pipeline):", flush=True)
+    sft = hone.run_pipeline(params.pop("phase_01_dataset_man_data_uri"), algorithm="sft", model=str(model_dir),
+                            params=params, run_dir=OUT / "pipeline-sft", progress=Progress(lambda line: None))
+    manifest = json.loads((OUT / "pipeline" / "manifest.json").read_text())
+    o = manifest["stages"]["evaluation"]["summary"]
+    s = sft.results["evaluation"].summary
+    rows = [("new skill: holdout perplexity", "holdout/perplexity"), ("new skill: holdout answer F1", "holdout/f1"),
+            ("retention: corpus facts accuracy", "hone_retention_facts/acc"),
+            ("retention: corpus word perplexity", "hone_retention_corpus/word_perplexity")]
+    print(f"  {'':<36} {'base':>9} {'SFT':>9} {'OSFT':>9}")
+    for label, key in rows:
+        print(f"  {label:<36} {o['base_metrics'][key]:>9.3g} {s['metrics'][key]:>9.3g} {o['metrics'][key]:>9.3g}")
+    print(f"  SFT report: {sft.report}")
 
 
 if __name__ == "__main__":
