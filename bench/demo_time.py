@@ -3,8 +3,7 @@
     .venv/bin/python bench/demo_time.py [--runs 1]
 
 Each run starts from an empty demo-output/ (tiny model built and pre-trained, the four pipeline stages with OSFT,
-the SFT comparison run),
-then `make demo` is run once more to time the fully cached rerun. Appends a section to bench/RESULTS.md.
+the SFT comparison run), then `make demo` is run once more to time the fully cached rerun. Appends a section to bench/RESULTS.md.
 """
 from __future__ import annotations
 
