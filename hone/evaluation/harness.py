@@ -82,6 +82,29 @@ def split_names(tasks: list[str] | str | None) -> list[str]:
 def resolve_tasks(tasks: list[str] | str | None, include_path: list[str] | str | None) -> TaskPlan | None:
     """Check every requested name (or take every task of the include paths when none is named); None when
     there is nothing for lm-eval to run."""
+    checked = _check_names(tasks, include_path)
+    if checked is None:
+        return None
+    names, paths, local, missing = checked
+    if not missing:
+        return TaskPlan(names, local, False, paths)
+    from lm_eval.tasks import TaskManager
+
+    log.info("indexing lm-eval's built-in tasks for %s (takes 10-30 s)", ", ".join(missing))
+    full = TaskManager(include_path=[str(p) for p in paths] or None, include_defaults=True)
+    _resolve_relative_paths(full)
+    return TaskPlan(names, full, True, paths)
+
+
+def check_task_names(tasks: list[str] | str | None, include_path: list[str] | str | None) -> None:
+    """:func:`resolve_tasks`'s checks of the names and directories, without indexing lm-eval's built-in tasks
+    (about 1 s): for checking an evaluation's configuration before a long training."""
+    _check_names(tasks, include_path)
+
+
+def _check_names(tasks: list[str] | str | None, include_path: list[str] | str | None
+                 ) -> tuple[list[str], list[Path], Any, list[str]] | None:
+    """(names, include paths, the include paths' TaskManager, names only lm-eval's built-ins hold), or None."""
     names = split_names(tasks)
     paths = [Path(p).expanduser() for p in ([include_path] if isinstance(include_path, str) else include_path or [])]
     for p in paths:
@@ -102,24 +125,19 @@ def resolve_tasks(tasks: list[str] | str | None, include_path: list[str] | str |
             raise HoneError(f"no lm-eval task YAML found in {', '.join(map(str, paths))}" + _unreadable(paths),
                             where="include_path (--include-path)",
                             fix="add YAML files with a `task: NAME` key, or name the tasks with --tasks")
-        return TaskPlan(names, local, False, paths)
-
+        return names, paths, local, []
     missing = [n for n in names if n not in local.task_index and not _is_yaml_file(n)]
-    if not missing:
-        return TaskPlan(names, local, False, paths)
-    known = default_task_names()
-    unknown = [n for n in missing if n not in known]
-    if unknown:
-        hint = suggest(unknown[0], set(known) | set(local.task_index))
-        raise HoneError(
-            f"unknown evaluation task {unknown[0]!r}" + (f": {hint}" if hint else "") + _unreadable(paths),
-            where="tasks (--tasks)",
-            fix="use a task lm-eval registers (`lm-eval ls tasks` lists them), a task YAML file, or a task "
-                "defined in a directory passed with --include-path")
-    log.info("indexing lm-eval's built-in tasks for %s (takes 10-30 s)", ", ".join(missing))
-    full = TaskManager(include_path=[str(p) for p in paths] or None, include_defaults=True)
-    _resolve_relative_paths(full)
-    return TaskPlan(names, full, True, paths)
+    if missing:
+        known = default_task_names()
+        unknown = [n for n in missing if n not in known]
+        if unknown:
+            hint = suggest(unknown[0], set(known) | set(local.task_index))
+            raise HoneError(
+                f"unknown evaluation task {unknown[0]!r}" + (f": {hint}" if hint else "") + _unreadable(paths),
+                where="tasks (--tasks)",
+                fix="use a task lm-eval registers (`lm-eval ls tasks` lists them), a task YAML file, or a task "
+                    "defined in a directory passed with --include-path")
+    return names, paths, local, missing
 
 
 def _is_yaml_file(name: str) -> bool:

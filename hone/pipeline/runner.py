@@ -217,6 +217,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
     extra = {"registry": _registry_identity(registry)} if registry is not None else {}
     run = PipelineRun(run_path, algorithm, values, manifest["stages"])
     out_hashes: dict[str, str] = {}
+    eval_checked = False
 
     def save() -> None:
         manifest["updated"] = _now()
@@ -234,6 +235,10 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
             manifest["stages"][stage] = {**old, "cached": True}
             progress.done(i, stage, 0.0, _headline(stage, run.results[stage].summary), cached=True)
             continue
+        if stage in ("dataset", "training") and not eval_checked:
+            # what the evaluation stage would refuse (a misspelled task...) fails now, not after training
+            S.check_evaluation(values)
+            eval_checked = True
         # Training that failed (or was killed) with the same inputs keeps its directory: it resumes from its
         # last checkpoint. Everything else starts clean.
         resumable = (stage == "training" and stage not in forced and old.get("inputs_sha256") == key_hash

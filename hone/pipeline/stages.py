@@ -212,6 +212,29 @@ def _mapped(given: Mapping[str, Any], table: Mapping[str, str], name: str) -> di
     return {table[k]: v for k, v in given.items()}
 
 
+def check_evaluation(values: Mapping[str, Any]) -> None:
+    """What the evaluation stage would refuse (task names, task directories, model/generation arguments,
+    verbosity), checked in about a second: the runner calls it before training spends its time."""
+    from hone.evaluation.harness import check_task_names
+
+    _mapped(values["phase_03_eval_opt_model_args"], EVAL_MODEL_ARGS, "phase_03_eval_opt_model_args")
+    _mapped(values["phase_03_eval_opt_gen_kwargs"], EVAL_GEN_KWARGS, "phase_03_eval_opt_gen_kwargs")
+    _log_level(values["phase_03_eval_opt_verbosity"])
+    include = [s.strip() for s in values["phase_03_eval_opt_include_path"].split(",") if s.strip()]
+    try:
+        check_task_names(values["phase_03_eval_man_tasks"], include)
+    except HoneError as err:
+        raise _in_pipeline_terms(err) from None
+
+
+def _log_level(name: Any) -> int:
+    level = getattr(logging, str(name).upper(), None)
+    if not isinstance(level, int):
+        raise HoneError(f"unknown verbosity {name!r}", where="phase_03_eval_opt_verbosity",
+                        fix="use DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
 def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, dataset_dir: str | Path,
                      out_dir: str | Path) -> StageResult:
     """Evaluate the fine-tuned model (lm-eval tasks + the eval split) and compare it with its base model."""
@@ -219,11 +242,7 @@ def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, datase
     from hone.evaluation import run_evaluation
 
     _hf_token(values["phase_01_dataset_opt_hf_token"] or values["phase_02_train_opt_hf_token"])
-    level = getattr(logging, str(values["phase_03_eval_opt_verbosity"]).upper(), None)
-    if not isinstance(level, int):
-        raise HoneError(f"unknown verbosity {values['phase_03_eval_opt_verbosity']!r}",
-                        where="phase_03_eval_opt_verbosity", fix="use DEBUG, INFO, WARNING or ERROR")
-    logging.getLogger("lm-eval").setLevel(level)
+    logging.getLogger("lm-eval").setLevel(_log_level(values["phase_03_eval_opt_verbosity"]))
     training = StageResult.read(Path(training_dir))
     eval_file = Path(dataset_dir) / "eval.jsonl"
     has_eval = eval_file.is_file() and eval_file.stat().st_size > 0

@@ -266,3 +266,14 @@ def test_training_stage_as_a_trainjob_with_two_workers(tmp_path, chat_file, tiny
     assert result.summary["world_size"] == 2 and result.summary["steps"] >= 1
     assert any(n.startswith("TrainJob ") for n in result.summary["notes"])
     assert (out / result.files["model"] / "config.json").is_file()
+
+
+def test_evaluation_settings_are_checked_before_any_training(tmp_path, chat_file, tiny_model_dir, monkeypatch):
+    calls = Calls(monkeypatch)
+    for params, match in (({"phase_03_eval_man_tasks": ["arc_eazy"]}, "did you mean 'arc_easy'"),
+                          ({"phase_03_eval_opt_include_path": str(tmp_path / "nope")}, "task directory not found"),
+                          ({"phase_03_eval_opt_model_args": {"attn": "x"}}, "hone does not use: attn")):
+        with pytest.raises(HoneError, match=match) as err:
+            _run(chat_file, tmp_path / "run", tiny_model_dir, params=params)
+        assert "phase_03_eval" in str(err.value) and "--tasks" not in str(err.value)
+    assert calls.calls == []  # nothing ran
