@@ -34,7 +34,6 @@ import json
 import os
 import random
 import shlex
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -45,7 +44,7 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _results import insert_section  # noqa: E402
+from _results import cpu_model, git_commit, insert_section  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -271,27 +270,10 @@ def render(rows: list[dict], start: dict, args) -> str:
     return "\n".join(out)
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return head + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def record(args, table: str, rows: list[dict], start: dict, elapsed: float) -> None:
-    import platform
-
     import torch
 
-    cpu = platform.processor() or "cpu"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     command = ".venv/bin/python bench/continual.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
     lines = [
         "",

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import insert_section  # noqa: E402
+from _results import git_commit, insert_section, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,14 +49,10 @@ def main() -> int:
         warm = timed(["make", "demo"])
         rows.append((cold, warm, stages, load0))
         print(f"run {i + 1}: make demo {cold:.1f}s from scratch, {warm:.1f}s cached; stages {stages}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## make demo wall time (bench/demo_time.py), {now}", "",
              f"- command: `.venv/bin/python bench/demo_time.py --runs {args.runs}`",
-             f"- commit: `{commit}{'+dirty' if dirty else ''}`; machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-             f"Python {platform.python_version()}", "- goal: <= 120 s from an empty demo-output/ (with .venv installed)", "",
+             f"- commit: `{git_commit()}`; machine: {machine()}, Python {platform.python_version()}", "- goal: <= 120 s from an empty demo-output/ (with .venv installed)", "",
              "| run | from scratch s | cached rerun s | dataset s | training s | evaluation s | registration s | 1-min load at start |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for i, (cold, warm, st, load0) in enumerate(rows, 1):
