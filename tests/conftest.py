@@ -15,3 +15,16 @@ def tiny_model_dir(tmp_path_factory):
     from hone.models.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture
+def single_cpu_thread():
+    """The tiny model is far too small to gain from intra-op threads, and with other processes on a 2-core box
+    torch's spinning worker threads make each step up to ten times slower; one thread keeps timings stable.
+    Modules use it with ``pytestmark = pytest.mark.usefixtures("single_cpu_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,17 +18,8 @@ from hone.errors import HoneError
 from hone.models.load import load_model, load_tokenizer
 from hone.training.metrics import read_metrics
 from hone.training.run import run_training
+from qa_pairs import QA
 
-QA = [
-    ("what colour is the sky", "the sky is blue"),
-    ("what do cats say", "cats say meow"),
-    ("name a fruit", "an apple is a fruit"),
-    ("how many legs has a dog", "a dog has four legs"),
-    ("where do fish live", "fish live in the water of the sea and the river"),
-    ("what is ice", "ice is frozen water"),
-    ("when is it dark", "it is dark at night"),
-    ("what do birds do", "birds fly over the trees and sing in the morning"),
-]
 QWEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CPU = {"device": "cpu", "dtype": "float32", "progress": False}
 # One optimizer step per epoch (all 8 samples), so step 1's loss is the untouched model's loss on all samples.

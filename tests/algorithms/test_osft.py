@@ -18,17 +18,8 @@ from hone.config import OSFTConfig, RunConfig
 from hone.errors import HoneError
 from hone.models.load import load_model
 from hone.training.run import run_training
+from qa_pairs import QA
 
-QA = [
-    ("what colour is the sky", "the sky is blue"),
-    ("what do cats say", "cats say meow"),
-    ("name a fruit", "an apple is a fruit"),
-    ("how many legs has a dog", "a dog has four legs"),
-    ("where do fish live", "fish live in the water of the sea and the river"),
-    ("what is ice", "ice is frozen water"),
-    ("when is it dark", "it is dark at night"),
-    ("what do birds do", "birds fly over the trees and sing in the morning"),
-]
 RUN = {"effective_batch_size": 2, "learning_rate": 1e-3, "lr_scheduler": "constant", "max_seq_len": 64,
        "max_tokens_per_gpu": 64, "checkpoint_at_epoch": False, "seed": 0, "progress": False, "device": "cpu",
        "dtype": "float32"}

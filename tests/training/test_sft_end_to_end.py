@@ -18,27 +18,11 @@ from hone.models.load import load_model, load_tokenizer
 from hone.models.tiny import CHATML_TEMPLATE
 from hone.training.metrics import read_metrics
 from hone.training.run import PARAMS_FILE, run_training
+from qa_pairs import QA
 
-@pytest.fixture(autouse=True)
-def _single_cpu_thread():
-    """The tiny model is far too small to gain from intra-op threads, and with other processes on a 2-core box
-    torch's spinning worker threads make each step up to ten times slower; one thread keeps timings stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_cpu_thread")
 
 
-QA = [
-    ("what colour is the sky", "the sky is blue"),
-    ("what do cats say", "cats say meow"),
-    ("name a fruit", "an apple is a fruit"),
-    ("how many legs has a dog", "a dog has four legs"),
-    ("where do fish live", "fish live in the water of the sea and the river"),
-    ("what is ice", "ice is frozen water"),
-    ("when is it dark", "it is dark at night"),
-    ("what do birds do", "birds fly over the trees and sing in the morning"),
-]
 
 CPU = {"device": "cpu", "dtype": "float32"}  # the same numbers on a machine with a GPU
 

@@ -11,14 +11,7 @@ from hone.errors import HoneError
 from hone.models.tiny import CHATML_TEMPLATE, bundled_corpus, make_tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _single_cpu_thread():
-    """The tiny model is far too small to gain from intra-op threads, and with other processes on a 2-core box
-    torch's spinning worker threads make each step up to ten times slower; one thread keeps timings stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_cpu_thread")
 
 
 def _weights(path):

@@ -16,14 +16,7 @@ from hone.models.load import load_model, load_tokenizer
 from hone.training.loss import forward_loss_sum
 from hone.training.trainer import train_step
 
-@pytest.fixture(autouse=True)
-def _single_cpu_thread():
-    """The tiny model is far too small to gain from intra-op threads, and with other processes on a 2-core box
-    torch's spinning worker threads make each step up to ten times slower; one thread keeps timings stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_cpu_thread")
 
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing near the old river "

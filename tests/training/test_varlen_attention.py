@@ -15,12 +15,7 @@ from hone.models.load import load_model
 LENGTHS = [5, 17, 1, 30, 9, 2]  # includes a one-token sample
 
 
-@pytest.fixture(autouse=True)
-def _single_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_cpu_thread")
 
 
 @pytest.fixture
