@@ -25,12 +25,6 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _config_file(path: str) -> dict[str, Any]:
-    from hone.config import load_yaml_config
-
-    return load_yaml_config(path)
-
-
 @pipeline.command("run")
 @click.option("--data", help="Dataset URI (hf://, s3://, https://, pvc:// or a path): phase_01_dataset_man_data_uri.")
 @click.option("--algorithm", type=click.Choice(["sft", "osft", "lora"]), default=None,
@@ -59,13 +53,13 @@ def run_command(data: str | None, algorithm: str | None, model: str | None, conf
       hone pipeline run --data chat.jsonl --model tiny/ --algorithm osft
     The run directory holds each stage's outputs, manifest.json and report.html.
     """
-    from hone.config import RegistryConfig
+    from hone.config import RegistryConfig, load_yaml_config
     from hone.pipeline.runner import run_pipeline
 
     given: dict[str, Any] = {}
     origins: dict[str, str] = {}
     if config_file:
-        for key, value in _config_file(config_file).items():
+        for key, value in load_yaml_config(config_file).items():
             if key == "algorithm":
                 algorithm = algorithm or value
                 continue
@@ -88,13 +82,13 @@ def run_command(data: str | None, algorithm: str | None, model: str | None, conf
 
 def summary_table(result: Any) -> str:
     """The printed end-of-run summary: one line per stage, then the headline figures."""
-    from hone.pipeline.runner import _headline
+    from hone.pipeline.runner import headline
 
     lines = [f"{'stage':<13} {'status':<18} {'seconds':>8}  result"]
     for stage, info in result.stages.items():
         status = info.get("status", "") + (" (cached)" if info.get("cached") else "")
         lines.append(f"{stage:<13} {status:<18} {info.get('duration_s', 0):>8.1f}  "
-                     f"{_headline(stage, info.get('summary', {}))}")
+                     f"{headline(stage, info.get('summary', {}))}")
     ev = result.results.get("evaluation")
     if ev and ev.summary.get("base_metrics") is not None:
         lines.append("")

@@ -89,13 +89,20 @@ def _training_work_dir(workspace_path: str) -> tuple[Path, Optional[Path]]:
     return scratch, scratch
 
 
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy a directory between a KFP artifact and the workspace PVC (replacing ``dst``)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
 def run_training(algorithm: str, given: Mapping[str, Any], *, launcher: str, workspace_path: str,
                  task_config: Any, dataset_dir: str, output_model: Any, output_metrics: Any,
                  output_loss_chart: Any, output_training: Any) -> Dict[str, Any]:
     """The training component: ``training_stage`` in this pod (``launcher="local"``) or as a Kubeflow
     TrainJob on the workspace PVC (``"trainjob"``), then its outputs copied into the KFP artifacts."""
     from hone.errors import HoneError
-    from hone.pipeline.stages import copy_tree, training_stage
+    from hone.pipeline.stages import training_stage
 
     values = stage_values(algorithm, given)
     work, scratch = _training_work_dir(workspace_path)

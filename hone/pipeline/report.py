@@ -64,7 +64,8 @@ def _cards(items: Iterable[tuple[str, Any]]) -> str:
                                            f"</div>" for k, v in items) + "</div>"
 
 
-def _missing(stage: str, info: Mapping[str, Any] | None) -> str:
+def _missing(info: Mapping[str, Any] | None) -> str:
+    """A stage that has not completed: not run, running, or failed with its error."""
     if not info:
         return '<p class="muted">not run yet</p>'
     if info.get("status") == "failed":
@@ -72,12 +73,12 @@ def _missing(stage: str, info: Mapping[str, Any] | None) -> str:
     return f'<p class="muted">{escape(info.get("status", ""))}</p>'
 
 
-def _dataset(run_dir: Path, info: Mapping[str, Any] | None) -> str:
+def _dataset(run_dir: Path, info: Mapping[str, Any]) -> str:
     from hone.pipeline.runner import STAGE_DIRS
 
     rep = _read_json(run_dir / STAGE_DIRS["dataset"] / "dataset_report.json")
-    if not info or info.get("status") != "completed" or rep is None:
-        return _missing("dataset", info)
+    if rep is None:
+        return '<p class="muted">(dataset_report.json is missing)</p>'
     rows = rep.get("rows", {})
     out = [f"<p>Source <code>{escape(str(rep.get('source')))}</code>, format <span class=pill>{escape(str(rep.get('format')))}"
            f"</span>, content SHA-256 <code>{escape(str(rep.get('sha256', ''))[:16])}…</code></p>",
@@ -96,11 +97,9 @@ def _dataset(run_dir: Path, info: Mapping[str, Any] | None) -> str:
     return "".join(out)
 
 
-def _training(run_dir: Path, info: Mapping[str, Any] | None) -> str:
+def _training(run_dir: Path, info: Mapping[str, Any]) -> str:
     from hone.pipeline.runner import STAGE_DIRS
 
-    if not info or info.get("status") != "completed":
-        return _missing("training", info)
     s, files = info.get("summary", {}), info.get("files", {})
     d = run_dir / STAGE_DIRS["training"]
     out = [_cards([("algorithm", s.get("algorithm")), ("steps", s.get("steps")), ("epochs", s.get("epochs")),
@@ -114,11 +113,9 @@ def _training(run_dir: Path, info: Mapping[str, Any] | None) -> str:
     return "".join(out)
 
 
-def _evaluation(run_dir: Path, info: Mapping[str, Any] | None) -> str:
+def _evaluation(run_dir: Path, info: Mapping[str, Any]) -> str:
     from hone.pipeline.runner import STAGE_DIRS
 
-    if not info or info.get("status") != "completed":
-        return _missing("evaluation", info)
     d = run_dir / STAGE_DIRS["evaluation"]
     s = info.get("summary", {})
     comp = _read_json(d / "comparison.json")
@@ -143,9 +140,7 @@ def _evaluation(run_dir: Path, info: Mapping[str, Any] | None) -> str:
     return "".join(out)
 
 
-def _registry(info: Mapping[str, Any] | None) -> str:
-    if not info or info.get("status") != "completed":
-        return _missing("registration", info)
+def _registry(run_dir: Path, info: Mapping[str, Any]) -> str:
     s = info.get("summary", {})
     if s.get("model_id") == "SKIPPED":
         return f'<p><span class="pill">SKIPPED</span> {escape(str(s.get("reason", "")))}</p>'
@@ -175,12 +170,16 @@ def render(run_dir: Path, manifest: Mapping[str, Any]) -> str:
                f'{escape(str(manifest.get("updated")))}, hone {escape(str(manifest.get("hone_version")))}.</p>'
                + _table(["stage", "status", "seconds", "inputs sha256", "outputs sha256"], rows, numeric=[2]))
     params = _table(["parameter", "value"], sorted(manifest.get("params", {}).items()))
+    def stage(name: str, section: Any) -> str:
+        info = stages.get(name)
+        return section(run_dir, info) if info and info.get("status") == "completed" else _missing(info)
+
     body = {
         "summary": ("Run", summary),
-        "dataset": ("1 · Dataset", _dataset(run_dir, stages.get("dataset"))),
-        "training": ("2 · Training", _training(run_dir, stages.get("training"))),
-        "evaluation": ("3 · Evaluation", _evaluation(run_dir, stages.get("evaluation"))),
-        "registry": ("4 · Model registry", _registry(stages.get("registration"))),
+        "dataset": ("1 · Dataset", stage("dataset", _dataset)),
+        "training": ("2 · Training", stage("training", _training)),
+        "evaluation": ("3 · Evaluation", stage("evaluation", _evaluation)),
+        "registry": ("4 · Model registry", stage("registration", _registry)),
         "parameters": ("Parameters", f"<details><summary>all pipeline parameters</summary>{params}</details>"),
     }
     sections = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>'

@@ -139,11 +139,11 @@ class Progress:
         how = "cached" if cached else f"done in {seconds:.1f}s"
         self.echo(f"[{i}/4] {stage}: {how}" + (f" — {summary}" if summary else ""))
 
-    def failed(self, i: int, stage: str, seconds: float, error: str) -> None:
+    def failed(self, i: int, stage: str, seconds: float) -> None:
         self.echo(f"[{i}/4] {stage}: FAILED after {seconds:.1f}s")
 
 
-def _headline(stage: str, s: Mapping[str, Any]) -> str:
+def headline(stage: str, s: Mapping[str, Any]) -> str:
     if stage == "dataset":
         return f"{s['train_rows']} train / {s['eval_rows']} eval rows ({s['format']})"
     if stage == "training":
@@ -233,7 +233,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
             run.results[stage] = StageResult.read(out)
             out_hashes[stage] = old["outputs_sha256"]
             manifest["stages"][stage] = {**old, "cached": True}
-            progress.done(i, stage, 0.0, _headline(stage, run.results[stage].summary), cached=True)
+            progress.done(i, stage, 0.0, headline(stage, run.results[stage].summary), cached=True)
             continue
         if stage in ("dataset", "training") and not eval_checked:
             # what the evaluation stage would refuse (a misspelled task...) fails now, not after training
@@ -272,7 +272,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
             manifest["stages"][stage].update(status="failed", duration_s=round(seconds, 2), error=_error_text(err))
             manifest["status"] = "failed"
             save()
-            progress.failed(i, stage, seconds, str(err))
+            progress.failed(i, stage, seconds)
             if report:
                 try:
                     _write_report(run, manifest)
@@ -286,7 +286,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
                                          outputs_sha256=out_hashes[stage], fingerprint=fingerprint(out),
                                          summary=result.summary, files=result.files)
         save()
-        progress.done(i, stage, seconds, _headline(stage, result.summary), cached=False)
+        progress.done(i, stage, seconds, headline(stage, result.summary), cached=False)
     manifest["status"] = "completed"
     save()
     if report:

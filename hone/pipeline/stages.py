@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -327,10 +326,3 @@ def registration_stage(values: Mapping[str, Any], training_dir: str | Path, eval
         return StageResult("registration", {"model_id": SKIPPED, "reason": "registry backend none"})
     summary = {"model_id": info.ref, **info.to_json(), "backend": cfg.registry_backend}
     return StageResult("registration", json.loads(json.dumps(summary, default=str)))
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a directory (KFP artifacts <-> the shared PVC)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
