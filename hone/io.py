@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def _umask() -> int:
@@ -58,3 +58,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def content_sha256(path: str | Path, skip: Callable[[Path], bool] | None = None) -> str:
+    """SHA-256 of a file's bytes, or of a directory: every file's relative path and bytes, in sorted order
+    (``skip(relative_path)`` leaves files out)."""
+    import hashlib
+
+    p = Path(path)
+    h = hashlib.sha256()
+
+    def add(f: Path) -> None:
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+
+    if p.is_file():
+        add(p)
+        return h.hexdigest()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        rel = f.relative_to(p)
+        if skip is None or not skip(rel):
+            h.update(str(rel).encode() + b"\0")
+            add(f)
+    return h.hexdigest()

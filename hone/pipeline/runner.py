@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from hone.errors import HoneError
-from hone.io import atomic_write_text
+from hone.io import atomic_write_text, content_sha256
 
 log = logging.getLogger("hone")
 from hone.pipeline import params as P
@@ -70,20 +70,13 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _skipped(rel: Path) -> bool:
+    """Files that are not a stage's result: hidden ones and training checkpoints (kept only to resume)."""
+    return rel.name.startswith(".") or "checkpoints" in rel.parts
+
+
 def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and "checkpoints" not in p.relative_to(directory).parts)
-
-
-def content_sha256(path: Path) -> str:
-    """SHA-256 over every file under ``path`` (relative names and bytes; checkpoints excluded), or of one file."""
-    h = hashlib.sha256()
-    for f in ([path] if path.is_file() else _files(path)):
-        h.update((f.name if path.is_file() else str(f.relative_to(path))).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not _skipped(p.relative_to(directory)))
 
 
 def fingerprint(directory: Path) -> dict[str, list[int]]:
@@ -112,7 +105,7 @@ def stage_key(stage: str, algorithm: str, values: Mapping[str, Any], upstream: M
         own.update({k: values[k] for k in ("phase_02_train_opt_seed", "phase_02_train_opt_max_seq_len")})
         local = _local_path(values[P.DATA_URI])
         if local is not None:
-            own["data_content_sha256"] = content_sha256(local)
+            own["data_content_sha256"] = content_sha256(local, _skipped)
     if stage == "evaluation":
         own["base_model"] = values["phase_02_train_man_model"]
     if stage == "registration":
@@ -281,7 +274,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
             raise
         seconds = time.monotonic() - t0
         run.results[stage] = result
-        out_hashes[stage] = content_sha256(out)
+        out_hashes[stage] = content_sha256(out, _skipped)
         manifest["stages"][stage].update(status="completed", duration_s=round(seconds, 2), finished=_now(),
                                          outputs_sha256=out_hashes[stage], fingerprint=fingerprint(out),
                                          summary=result.summary, files=result.files)

@@ -7,7 +7,6 @@ Model Registry as custom properties. Keys follow the seeds' registry component: 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 from hone.errors import HoneError
+from hone.io import content_sha256
 from hone.registry.secrets import REDACTED, scrub_mapping, scrub_text, secret_env_values
 
 log = logging.getLogger("hone")
@@ -127,22 +127,10 @@ def safe_key(key: str) -> str:
 
 
 def sha256_of(path: str | Path) -> str | None:
-    """Content SHA-256 of a file, or of a directory (relative paths and contents, in sorted order)."""
+    """Content SHA-256 of a file, or of a directory (relative paths and contents, in sorted order); None when
+    ``path`` is neither."""
     p = Path(path)
-    h = hashlib.sha256()
-    if p.is_file():
-        with p.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-    if p.is_dir():
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            h.update(str(f.relative_to(p)).encode() + b"\0")
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-        return h.hexdigest()
-    return None
+    return content_sha256(p) if p.is_file() or p.is_dir() else None
 
 
 def eval_results_file(source: str | Path) -> Path:
