@@ -83,7 +83,7 @@ def measure(kind: str, data: str, model: str, workers: int) -> dict:
     start = time.perf_counter()
     if kind == "prepare":
         result = prepare_data(DataConfig(data_path=data, max_seq_len=4096), tok, num_workers=workers)
-        rows, extra = result.report.rows, {"samples": result.report.samples, "tokens": result.report.tokens}
+        rows, extra = result.report.rows["train"], {"samples": result.report.samples, "tokens": result.report.tokens}
     else:
         report = check_dataset(DataConfig(data_path=data))
         rows, extra = report.rows["read"], {"valid": report.rows["valid"]}

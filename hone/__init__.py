@@ -1,9 +1,8 @@
 """hone: fine-tune language models with SFT, OSFT and LoRA."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from hone.errors import HoneError  # noqa: E402
+from hone.errors import HoneError
+from hone.version import __version__
 
 
 def sft(model_path: str, data_path: str, ckpt_output_dir: str, **kwargs):

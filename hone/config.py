@@ -6,13 +6,15 @@ to the section that owns it, so all three skins resolve to the same object.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hone.errors import HoneError, suggest
+from hone.secrets import MODEL_REGISTRY_TOKEN_ENV
 
 
 class Section(BaseModel):
@@ -96,6 +98,11 @@ class TrainConfig(Section):
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository (off unless asked).")
     checkpoint_every_steps: int | None = Field(
         None, gt=0, description="Write a full-state (resumable) checkpoint every N optimizer steps.")
+    save_samples: int = Field(0, ge=0, description="Write a full-state (resumable) checkpoint every N training "
+                                                  "samples, rounded up to whole optimizer steps (0 = off; "
+                                                  "checkpoint_every_steps wins when both are set).")
+    use_liger: bool = Field(False, description="Accepted for Training Hub compatibility; hone's own chunked, fused "
+                                               "LM-head cross-entropy is always on and Liger kernels are not used.")
     accelerate_full_state_at_epoch: bool = Field(
         False, description="Write a full-state (resumable) checkpoint at the end of every epoch.")
     keep_last_checkpoints: int = Field(2, gt=0, description="Full-state checkpoints kept on disk (oldest removed).")
@@ -109,6 +116,15 @@ class TrainConfig(Section):
     mlflow_run_name: str | None = Field(None, description="MLflow run name.")
     overwrite: bool = Field(False, description="Replace an output directory that holds a different run.")
     progress: bool = Field(True, description="Show a progress bar.")
+
+    @property
+    def checkpoint_interval(self) -> int | None:
+        """Optimizer steps between full-state checkpoints (``checkpoint_every_steps``, else ``save_samples``)."""
+        if self.checkpoint_every_steps:
+            return self.checkpoint_every_steps
+        if self.save_samples:
+            return max(1, -(-self.save_samples // self.effective_batch_size))
+        return None
 
 
 class DistributedConfig(Section):
@@ -164,7 +180,7 @@ class LoRAConfig(Section):
     """LoRA / QLoRA adapters through peft."""
 
     lora_r: int = Field(16, gt=0, description="Adapter rank.")
-    lora_alpha: float = Field(32, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
+    lora_alpha: int = Field(32, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     target_modules: list[str] | None = Field(
         None, description="Module names to adapt (default: every linear projection inside the transformer blocks).")
@@ -188,16 +204,16 @@ class LoRAConfig(Section):
 
 
 class RunConfig(BaseModel):
-    """Everything one training run needs."""
+    """Everything one training run needs: the shared sections, plus the algorithm's own section (if it has
+    one) as the attribute named after the algorithm (``cfg.osft``, ``cfg.lora``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # extra: the algorithm's section, built and validated by from_flat
+    model_config = ConfigDict(extra="allow")
 
     algorithm: str
     data: DataConfig
     train: TrainConfig
     distributed: DistributedConfig
-    osft: OSFTConfig | None = None
-    lora: LoRAConfig | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
@@ -212,23 +228,19 @@ class RunConfig(BaseModel):
             )
         return self
 
+    @property
+    def method(self) -> "Section | None":
+        """The algorithm's own section (None for an algorithm without parameters of its own)."""
+        return getattr(self, self.algorithm, None)
+
     # -- flat <-> sections ---------------------------------------------------------------------------
     @classmethod
     def sections(cls, algorithm: str) -> dict[str, type[Section]]:
         """Section name -> schema used by ``algorithm``."""
-        if algorithm not in ALGORITHMS:
-            raise HoneError(f"unknown algorithm {algorithm!r}", where="algorithm",
-                            fix=f"use one of {', '.join(sorted(ALGORITHMS))}")
-        return {name: schema for name, schema in cls._section_fields().items() if name in ALGORITHMS[algorithm]}
-
-    @classmethod
-    def _section_fields(cls) -> dict[str, type[Section]]:
-        out = {}
-        for name, field in cls.model_fields.items():
-            ann = field.annotation
-            for t in getattr(ann, "__args__", (ann,)):
-                if isinstance(t, type) and issubclass(t, Section):
-                    out[name] = t
+        spec = get_algorithm(algorithm)
+        out: dict[str, type[Section]] = {"data": DataConfig, "train": TrainConfig, "distributed": DistributedConfig}
+        if spec.section is not None:
+            out[spec.name] = spec.section
         return out
 
     @classmethod
@@ -244,8 +256,9 @@ class RunConfig(BaseModel):
         ``origins`` maps a parameter name to where it was given (a file, a flag), for error messages.
         """
         origins = origins or {}
+        sections = cls.sections(algorithm)
         owners = cls.parameter_names(algorithm)
-        grouped: dict[str, dict[str, Any]] = {s: {} for s in cls.sections(algorithm)}
+        grouped: dict[str, dict[str, Any]] = {s: {} for s in sections}
         for key, value in params.items():
             if key not in owners:
                 hint = suggest(key, owners)
@@ -255,10 +268,12 @@ class RunConfig(BaseModel):
                     fix=f"remove it or use a valid name (`hone train {algorithm} --help` lists them)",
                 )
             grouped[owners[key]][key] = value
-        for key, value in ALGORITHM_DEFAULTS.get(algorithm, {}).items():
-            grouped[owners[key]].setdefault(key, value)
+        for key, value in get_algorithm(algorithm).defaults.items():
+            if key in owners:
+                grouped[owners[key]].setdefault(key, value)
         try:
-            return cls(algorithm=algorithm, **grouped)
+            built = {name: schema(**grouped[name]) for name, schema in sections.items()}
+            return cls(algorithm=algorithm, **built)
         except ValidationError as err:
             raise _validation_error(err, source, origins) from None
 
@@ -297,17 +312,6 @@ def _validation_error(err: ValidationError, source: str, origins: dict[str, str]
     return HoneError(f"invalid value for {name!r}: {given!r} ({first['msg']})",
                      where=f"{origins.get(name, source)}, parameter {name}",
                      fix="see `hone train --help` for accepted values")
-
-
-# Which sections each algorithm uses, and the defaults it changes (Training Hub's).
-ALGORITHMS: dict[str, tuple[str, ...]] = {
-    "sft": ("data", "train", "distributed"),
-    "osft": ("data", "train", "distributed", "osft"),
-    "lora": ("data", "train", "distributed", "lora"),
-}
-ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lora": {"learning_rate": 2e-4},
-}
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
@@ -454,7 +458,7 @@ class RegistryConfig(Section):
     registry_author: str = Field("pipeline", description="Author (and owner) recorded with the registered model.")
     registry_is_secure: bool | None = Field(None, description="HTTPS with a bearer token; default from the "
                                                               "address scheme, plain HTTP for a bare host.")
-    registry_token_env: str = Field("MODEL_REGISTRY_TOKEN", description="Name of the environment variable "
+    registry_token_env: str = Field(MODEL_REGISTRY_TOKEN_ENV, description="Name of the environment variable "
                                     "holding the registry token (the token itself never goes in a config).")
     registry_token_file: str | None = Field(None, description="File holding the registry token (default: "
                                             "$KF_PIPELINES_SA_TOKEN_PATH or the pod's service-account token).")
@@ -479,3 +483,107 @@ class RegistryConfig(Section):
                             where="registry_token_env",
                             fix="export MODEL_REGISTRY_TOKEN=... and pass registry_token_env=MODEL_REGISTRY_TOKEN")
         return v
+
+
+class PipelineConfig(Section):
+    """Settings only the four-stage pipeline has: the training pods' resources, tokens given as parameters,
+    and how the evaluation stage runs. Per-algorithm defaults come from the algorithm table."""
+
+    workers: int = Field(4, ge=1, description="Number of training pods (more than 1: a Kubeflow TrainJob).")
+    gpu: int = Field(1, ge=1, description="GPUs per worker. Keep at 1 to avoid /dev/shm issues.")
+    cpu: str = Field("4", min_length=1, description="CPU cores per worker.")
+    memory: str = Field("64Gi", min_length=1, description="Memory per worker (e.g., 64Gi).")
+    annotations: str = Field("", description="Pod annotations as key=value,key=value.")
+    labels: str = Field("", description="Pod labels as key=value,key=value.")
+    env_vars: str = Field(
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,NCCL_DEBUG=INFO,INSTRUCTLAB_NCCL_TIMEOUT_MS=600000",
+        description="Environment variables as KEY=VAL,KEY=VAL.")
+    pull_secret: str = Field("", description="Pull secret for container registry.")
+    dataset_hf_token: str = Field("", description="HuggingFace token for private datasets (prefer the hf-token "
+                                                  "secret: a parameter value is visible in the run's record).")
+    train_hf_token: str = Field("", description="HuggingFace token for gated models (prefer the hf-token secret).")
+    compare_base: bool = Field(True, description="Evaluate the base model too and compare (forgetting).")
+    eval_gen_kwargs: dict[str, Any] = Field(default_factory=dict, description="Generation kwargs for evaluation.")
+    eval_model_args: dict[str, Any] = Field(default_factory=dict, description="Model initialization arguments.")
+    eval_verbosity: str = Field("INFO", description="Logging verbosity (DEBUG, INFO, etc.).")
+
+    @field_validator("eval_verbosity")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        import logging
+
+        if not isinstance(getattr(logging, str(v).upper(), None), int):
+            raise HoneError(f"unknown verbosity {v!r}", where="eval_verbosity", fix="use DEBUG, INFO, WARNING or ERROR")
+        return v
+
+
+# -- the table of algorithms -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Algorithm:
+    """One training algorithm: everything hone knows about it, in one place.
+
+    Config, the CLI, the Python API, the pipeline (runner and KFP flavours) and cluster submission all read
+    :data:`ALGORITHMS`. Adding an algorithm = a module under ``hone/algorithms/`` with its hooks class, plus
+    one :func:`register_algorithm` entry (see docs/architecture.md).
+    """
+
+    name: str
+    summary: str
+    hooks: str  # "module:Class" of its hone.training.hooks.AlgorithmHooks; hone.algorithms.hooks_for builds it
+    section: type[Section] | None = None  # its own parameters, reachable as cfg.<name>
+    defaults: Mapping[str, Any] = dc_field(default_factory=dict)  # schema defaults it changes (Training Hub's)
+    api: str | None = None  # its public Python function: hone.<api>
+    pipeline: bool = True  # has the pipeline flavours <name> and <name>-minimal
+    # defaults of pipeline-only settings (PipelineConfig and RegistryConfig fields; the registered model's
+    # name defaults to "<name>-model")
+    pipeline_defaults: Mapping[str, Any] = dc_field(default_factory=dict)
+
+    @property
+    def flavours(self) -> tuple[str, ...]:
+        return (self.name, f"{self.name}-minimal") if self.pipeline else ()
+
+    def default(self, section: type[BaseModel], name: str) -> Any:
+        """The default of ``section.name`` for this algorithm (the schema's unless the algorithm changes it)."""
+        table = self.pipeline_defaults if section in (PipelineConfig, RegistryConfig) else self.defaults
+        if name in table:
+            return table[name]
+        if section is RegistryConfig and name == "registry_name":
+            return f"{self.name}-model"
+        info = section.model_fields[name]
+        return None if info.is_required() else info.get_default(call_default_factory=True)
+
+
+ALGORITHMS: dict[str, Algorithm] = {}
+
+
+def register_algorithm(spec: Algorithm) -> Algorithm:
+    """Add (or replace) an algorithm in the table."""
+    if not spec.name.isidentifier() or spec.name in RunConfig.model_fields:
+        raise HoneError(f"invalid algorithm name {spec.name!r}", where="register_algorithm",
+                        fix="use a lowercase identifier that is not a config section name")
+    ALGORITHMS[spec.name] = spec
+    return spec
+
+
+def get_algorithm(name: str, where: str = "algorithm") -> Algorithm:
+    """The table entry of ``name``; an unknown name is a :class:`HoneError`."""
+    spec = ALGORITHMS.get(name)
+    if spec is None:
+        hint = suggest(str(name), ALGORITHMS)
+        raise HoneError(f"unknown algorithm {name!r}" + (f": {hint}" if hint else ""), where=where,
+                        fix=f"use one of {', '.join(ALGORITHMS)}")
+    return spec
+
+
+register_algorithm(Algorithm(
+    "sft", "Supervised fine-tuning of every parameter.", "hone.algorithms.sft:SFTHooks", api="sft"))
+register_algorithm(Algorithm(
+    "osft", "Orthogonal Subspace Fine-Tuning: new skills without forgetting (frozen top singular directions; "
+            "--unfreeze-rank-ratio sets the trainable fraction).", "hone.algorithms.osft:OSFTHooks", section=OSFTConfig, api="osft",
+    # the OpenShift AI OSFT pipeline's hardware defaults
+    pipeline_defaults={"workers": 1, "cpu": "8", "memory": "32Gi"}))
+register_algorithm(Algorithm(
+    "lora", "LoRA / QLoRA adapters through peft, with assistant-only loss; writes the adapter and the merged "
+            "model.", "hone.algorithms.lora:LoRAHooks",
+    section=LoRAConfig, api="lora_sft", defaults={"learning_rate": 2e-4},
+    pipeline_defaults={"workers": 1, "memory": "32Gi"}))

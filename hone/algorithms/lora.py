@@ -26,62 +26,16 @@ from torch import nn
 from hone.config import LoRAConfig
 from hone.errors import HoneError
 from hone.io import atomic_dir
+from hone.layout import adapter_dir
+from hone.models.structure import linear_layers, linear_types, plain_class, transformer_blocks
 from hone.training.hooks import AlgorithmHooks
 
-ADAPTER_SUFFIX = "_adapter"
 # init_lora_weights values that leave the base weights untouched and need no extra data pass. PiSSA, OLoRA and
 # CorDA rewrite the base weights (the saved adapter would then not apply to the original base); EVA, LoftQ and
 # LoRA-GA need a preparation step of their own.
 SUPPORTED_INITS = (True, False, "gaussian", "orthogonal")
 # Entries of target_modules that mean "the default" (peft's spelling is accepted too).
 DEFAULT_TARGET_WORDS = ("all-linear", "all_linear")
-
-
-def adapter_dir(hf_root: str | Path, name: str) -> Path:
-    """Where the adapter of checkpoint ``name`` is written (``hf_format/final_adapter`` for ``final``)."""
-    return Path(hf_root) / f"{name}{ADAPTER_SUFFIX}"
-
-
-def _linear_types() -> tuple[type, ...]:
-    types: list[type] = [nn.Linear]  # bitsandbytes' Linear4bit / Linear8bitLt subclass nn.Linear
-    try:
-        from transformers.pytorch_utils import Conv1D  # GPT-2 style projections
-
-        types.append(Conv1D)
-    except ImportError:  # pragma: no cover - transformers always has it
-        pass
-    return tuple(types)
-
-
-def transformer_blocks(model: nn.Module) -> list[str]:
-    """Names of the transformer blocks of ``model``, found from its modules (never from the model's name).
-
-    The blocks are the modules whose class the model lists in ``_no_split_modules`` (Hugging Face's notion of
-    "one transformer block"); failing that, the elements of every ``nn.ModuleList`` of identical modules.
-    """
-    block_classes = set(getattr(model, "_no_split_modules", None) or ())
-    names = [n for n, m in model.named_modules() if n and type(m).__name__ in block_classes]
-    if not names:
-        for n, m in model.named_modules():
-            if isinstance(m, nn.ModuleList) and len(m) > 0 and len({type(c) for c in m}) == 1:
-                names.extend(f"{n}.{i}" if n else str(i) for i in range(len(m)))
-    # keep the outermost blocks only
-    names.sort(key=len)
-    outer: list[str] = []
-    for n in names:
-        if not any(n.startswith(o + ".") for o in outer):
-            outer.append(n)
-    return outer
-
-
-def _plain_class(model: nn.Module) -> type:
-    """The model's own class (FSDP2's ``fully_shard`` swaps in a generated ``FSDP<Class>`` subclass)."""
-    cls = type(model)
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - torch builds without distributed
-        return cls
-    return next(c for c in cls.__mro__ if not issubclass(c, FSDPModule))
 
 
 def _matches(module_name: str, entry: str) -> bool:
@@ -96,17 +50,13 @@ def default_target_modules(model: nn.Module) -> list[str]:
     exactly those modules; if a short name also names a linear layer outside the blocks (e.g. in a vision tower
     or a head), the full module names are returned instead so that nothing outside the blocks is adapted.
     """
-    blocks = transformer_blocks(model)
-    if not blocks:
+    if not transformer_blocks(model):
         raise HoneError(f"cannot find the transformer blocks of {type(model).__name__}",
                         where="parameter target_modules",
                         fix="name the modules to adapt with target_modules (e.g. q_proj v_proj)")
-    linear = _linear_types()
-    inside: list[str] = []
-    outside: list[str] = []
-    for n, m in model.named_modules():
-        if isinstance(m, linear):
-            (inside if any(n.startswith(b + ".") for b in blocks) else outside).append(n)
+    inside = linear_layers(model)
+    linear, chosen = linear_types(), set(inside)
+    outside = [n for n, m in model.named_modules() if isinstance(m, linear) and n not in chosen]
     if not inside:
         raise HoneError(f"the transformer blocks of {type(model).__name__} hold no linear layer",
                         where="parameter target_modules", fix="name the modules to adapt with target_modules")
@@ -120,6 +70,10 @@ class LoRAHooks(AlgorithmHooks):
     """Adapters through peft; the base stays frozen (and quantized with QLoRA)."""
 
     name = "lora"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "LoRAHooks":
+        return cls(cfg.lora)
 
     def __init__(self, cfg: LoRAConfig | None = None):
         self.cfg = cfg or LoRAConfig()
@@ -205,7 +159,7 @@ class LoRAHooks(AlgorithmHooks):
                 hint = ", ".join(default_target_modules(model))
             except HoneError:
                 hint = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                                         if isinstance(m, _linear_types())}))
+                                         if isinstance(m, linear_types())}))
             raise HoneError(
                 f"target_modules {', '.join(repr(t) for t in unmatched)} "
                 f"match{'es' if len(unmatched) == 1 else ''} no module of {type(model).__name__}",
@@ -270,7 +224,7 @@ class LoRAHooks(AlgorithmHooks):
         # Building the copy initialises fresh adapter weights (then overwritten): keep the global RNG of the
         # training untouched so that dropout and everything after this checkpoint stays as it was.
         with torch.random.fork_rng(devices=[]):
-            fresh = _plain_class(base).from_pretrained(source, dtype=self._base_dtype or base.dtype,
+            fresh = plain_class(base).from_pretrained(source, dtype=self._base_dtype or base.dtype,
                                                        use_safetensors=True)
             fresh.eval()
             wrapped = get_peft_model(fresh, config)

@@ -22,9 +22,9 @@ each target's directions: its weight is simply not trained. Parameters that are 
 norms, ``lm_head``, biases) train normally, as in Training Hub.
 
 Targets are found from the model's structure (never from its name): every linear-like module with a 2-D
-``weight`` inside the transformer blocks (the largest ``nn.ModuleList``): q/k/v/o and gate/up/down projections,
-fused qkv / gate_up layouts included. ``target_patterns`` (regular expressions searched in parameter names)
-replaces that choice.
+``weight`` inside the transformer blocks (:func:`hone.models.structure.transformer_blocks`): q/k/v/o and
+gate/up/down projections, fused qkv / gate_up layouts included. ``target_patterns`` (regular expressions searched
+in parameter names) replaces that choice.
 
 ``rank_policy="adaptive"`` is the paper's per-layer rule (its section on adaptive rank selection, after AdaSVD):
 a layer's importance I is the mean cosine similarity between the hidden states entering and leaving that
@@ -51,6 +51,7 @@ from torch import nn
 from hone.algorithms.osft_subspace import SVDCache, Subspace, choose_kind, decompose, frozen_rank
 from hone.config import OSFTConfig
 from hone.errors import HoneError
+from hone.models.structure import block_of, linear_layers, plain_name, transformer_blocks, unwrap
 from hone.training.hooks import AlgorithmHooks
 
 log = logging.getLogger("hone")
@@ -101,46 +102,17 @@ class Target:
 
 # -- finding targets -------------------------------------------------------------------------------------
 
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The transformer blocks: the ``nn.ModuleList`` holding the most parameters (``model.layers``,
-    ``transformer.h``, ...). None when the model has no module list."""
-    best: tuple[str, nn.ModuleList, int] | None = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod):
-            size = sum(p.numel() for p in mod.parameters())
-            if best is None or size > best[2]:
-                best = (name, mod, size)
-    return (best[0], best[1]) if best else None
-
-
-def _block_of(name: str, blocks_prefix: str | None, n_blocks: int) -> int | None:
-    if blocks_prefix is None:
-        return None
-    lead = f"{blocks_prefix}." if blocks_prefix else ""
-    if not name.startswith(lead):
-        return None
-    head = name[len(lead):].split(".", 1)[0]
-    return int(head) if head.isdigit() and int(head) < n_blocks else None
-
-
 def default_target_names(model: nn.Module) -> list[str]:
     """Parameter names of the 2-D weights of linear-like modules inside the transformer blocks."""
-    found = find_blocks(model)
-    if found is None:
+    if not transformer_blocks(model):
         raise HoneError("cannot find the transformer blocks of this model (no nn.ModuleList of layers)",
                         where="the model's module structure",
                         fix="pass target_patterns, regular expressions over parameter names, e.g. "
                             "'layers\\.\\d+\\..*proj\\.weight$'")
-    prefix, blocks = found
-    names = []
-    for i, block in enumerate(blocks):
-        for mod_name, mod in block.named_modules():
-            w = mod._parameters.get("weight")
-            if w is None or w.ndim != 2 or isinstance(mod, nn.Embedding):
-                continue
-            names.append(".".join(x for x in (prefix, str(i), mod_name, "weight") if x))
+    names = [f"{n}.weight" for n in linear_layers(model, any_matrix=True)]
     if not names:
-        raise HoneError("the transformer blocks hold no 2-D weight matrices to target", where=prefix or "model",
+        raise HoneError("the transformer blocks hold no 2-D weight matrices to target",
+                        where="the model's transformer blocks",
                         fix="pass target_patterns naming the weight matrices to constrain")
     return names
 
@@ -206,9 +178,10 @@ def _sample_batches(data, max_batches: int = IMPORTANCE_BATCHES, max_tokens: int
 
 
 @torch.no_grad()
-def block_importance(model: nn.Module, blocks: nn.ModuleList, data, device: torch.device | None) -> list[float]:
+def block_importance(model: nn.Module, blocks: list[nn.Module], data, device: torch.device | None) -> list[float]:
     """Mean cosine similarity between each block's input and output hidden states (arXiv:2504.07097),
-    over the tokens of a few batches of ``data``, clipped to [0, 1]."""
+    over the tokens of a few batches of ``data``, clipped to [0, 1]. A block the text forward pass does not run
+    (another tower of a multimodal model) gets the mean of the others."""
     sums = [0.0] * len(blocks)
     counts = [0] * len(blocks)
 
@@ -235,11 +208,13 @@ def block_importance(model: nn.Module, blocks: nn.ModuleList, data, device: torc
         for h in handles:
             h.remove()
         model.train(was_training)
-    if not all(counts):
+    if not any(counts):
         raise HoneError("could not measure layer importance: the transformer blocks' inputs and outputs were not "
                         "seen as hidden-state tensors of one shape", where="rank_policy=adaptive",
                         fix="use rank_policy=uniform for this model")
-    return [min(1.0, max(0.0, s / c)) for s, c in zip(sums, counts)]
+    seen = [min(1.0, max(0.0, s / c)) for s, c in zip(sums, counts) if c]
+    mean = sum(seen) / len(seen)
+    return [min(1.0, max(0.0, s / c)) if c else mean for s, c in zip(sums, counts)]
 
 
 def adaptive_ratio(importance: float, unfreeze_rank_ratio: float) -> float:
@@ -256,6 +231,10 @@ class OSFTHooks(AlgorithmHooks):
     frozen components after every optimizer step."""
 
     name = "osft"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "OSFTHooks":
+        return cls(cfg.osft, seed=cfg.train.seed)
 
     def __init__(self, cfg: OSFTConfig, *, seed: int = 42, progress: bool | None = None):
         self.cfg = cfg
@@ -280,9 +259,9 @@ class OSFTHooks(AlgorithmHooks):
         self.validate()
         u = self.cfg.unfreeze_rank_ratio
         chosen = select_targets(model, self.cfg.target_patterns)
-        found = find_blocks(model)
-        prefix, blocks = found if found else (None, [])
-        targets = [Target(n, tuple(p.shape), p.dtype, _block_of(n, prefix, len(blocks)), param=p) for n, p in chosen]
+        block_names = transformer_blocks(model)
+        blocks = [model.get_submodule(b) for b in block_names]
+        targets = [Target(n, tuple(p.shape), p.dtype, block_of(n, block_names), param=p) for n, p in chosen]
 
         if self._pending_state is not None:
             self._restore_state(targets, self._pending_state)
@@ -351,11 +330,11 @@ class OSFTHooks(AlgorithmHooks):
         active = [t for t in self.targets if t.subspace is not None]
         if not active:
             return active
-        root = _unwrap(model)
+        root = unwrap(model)
         first = active[0]
         if first.param is not None and _find_param(root, first.live_name) is first.param:
             return active
-        params = {n.replace(CHECKPOINT_PREFIX, ""): (n, p) for n, p in root.named_parameters()}
+        params = {plain_name(n): (n, p) for n, p in root.named_parameters()}
         main = not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
             or torch.distributed.get_rank() == 0
         for t in active:
@@ -411,7 +390,7 @@ class OSFTHooks(AlgorithmHooks):
         total = sum(p.numel() for p in model.parameters())
         targets = {t.name for t in self.targets}
         others = sum(p.numel() for n, p in model.named_parameters()
-                     if p.requires_grad and n.replace(CHECKPOINT_PREFIX, "") not in targets)
+                     if p.requires_grad and plain_name(n) not in targets)
         osft = self.summary()
         return {"trainable_parameters": others + osft["target_trainable_parameters"], "total_parameters": total,
                 "osft": osft}
@@ -474,13 +453,6 @@ class OSFTHooks(AlgorithmHooks):
 
 
 # -- parameters as the trainer holds them (DDP, FSDP2, activation checkpointing) ---------------------------------
-
-CHECKPOINT_PREFIX = "_checkpoint_wrapped_module."
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
 
 def _find_param(root: nn.Module, name: str) -> nn.Parameter | None:
     try:

@@ -194,11 +194,6 @@ class Subspace:
     def nbytes(self) -> int:
         return sum(x.numel() * x.element_size() for x in self.tensors.values())
 
-    def frozen_basis(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(U_h, V_h) where this layout stores them (None for the side kept as a complement)."""
-        t = self.tensors
-        return t.get("U") if self.kind != "wide" else None, t.get("V") if self.kind != "tall" else None
-
 
 def _summed(x: torch.Tensor, reduce) -> torch.Tensor:
     if reduce is not None:

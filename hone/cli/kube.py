@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 
 from hone.cli.options import given, parameter_options
+from hone.config import ALGORITHMS
 
 CTX = {"max_content_width": 110}
 
@@ -207,9 +208,8 @@ def _wait(name: str, cluster, values: dict[str, Any]) -> None:
     return st
 
 
-_submit_command("sft")
-_submit_command("osft")
-_submit_command("lora")
+for _name in ALGORITHMS:
+    _submit_command(_name)
 
 
 def _with_cluster(fn: Callable) -> Callable:

@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 
-from hone import __version__
+from hone.version import __version__
+from hone.config import ALGORITHMS
 from hone.errors import HoneError
+from hone.layout import TrainingLayout
 from hone.cli.options import given, parameter_options
 
 
@@ -49,7 +51,7 @@ def _train_command(algorithm: str, summary: str):
         result = run(cfg)
         if result.status == "preempted":
             click.echo(f"\nstopped on SIGTERM after step {result.steps}: full state saved under "
-                       f"{result.output_dir / 'checkpoints'}; rerun with --resume-from auto to continue")
+                       f"{TrainingLayout(result.output_dir).checkpoints}; rerun with --resume-from auto to continue")
             return
         click.echo(f"\ntrained {result.steps} steps in {result.elapsed_s:.1f}s: loss {result.first_loss:.4f} -> "
                    f"{result.final_loss:.4f}")
@@ -62,11 +64,8 @@ def _train_command(algorithm: str, summary: str):
     return command
 
 
-_train_command("sft", "Supervised fine-tuning of every parameter.")
-_train_command("osft", "Orthogonal Subspace Fine-Tuning: new skills without forgetting (frozen top singular "
-                       "directions; --unfreeze-rank-ratio sets the trainable fraction).")
-_train_command("lora", "LoRA / QLoRA adapters through peft, with assistant-only loss; writes the adapter and "
-                       "the merged model.")
+for _spec in ALGORITHMS.values():
+    _train_command(_spec.name, _spec.summary)
 
 
 @cli.command("tiny-model")

@@ -8,7 +8,7 @@ from typing import Any, Callable, Literal
 import click
 from pydantic.fields import FieldInfo
 
-from hone.config import ALGORITHM_DEFAULTS, RunConfig
+from hone.config import RunConfig, get_algorithm
 
 # Short aliases for the three positional parameters of the Python API.
 ALIASES = {"model_path": "--model", "data_path": "--data", "ckpt_output_dir": "--output"}
@@ -36,7 +36,7 @@ def _click_type(annotation: Any) -> tuple[Any, bool]:
 def _option(name: str, info: FieldInfo, algorithm: str) -> Callable:
     ctype, is_flag = _click_type(info.annotation)
     flag = "--" + name.replace("_", "-")
-    default = None if info.is_required() else ALGORITHM_DEFAULTS.get(algorithm, {}).get(name, info.default)
+    default = None if info.is_required() else get_algorithm(algorithm).defaults.get(name, info.default)
     help_text = (info.description or "") + ("" if default is None else f"  [default: {default}]")
     if is_flag:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)

@@ -6,7 +6,10 @@ from typing import Any
 
 import click
 
+from hone.config import ALGORITHMS
 from hone.errors import HoneError
+from hone.pipeline.params import FLAVOURS
+from hone.layout import STAGES, PipelineLayout
 
 
 @click.group()
@@ -27,7 +30,7 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 
 @pipeline.command("run")
 @click.option("--data", help="Dataset URI (hf://, s3://, https://, pvc:// or a path): phase_01_dataset_man_data_uri.")
-@click.option("--algorithm", type=click.Choice(["sft", "osft", "lora"]), default=None,
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=None,
               help="Fine-tuning algorithm (default sft, or `algorithm:` in --config).")
 @click.option("--model", help="Base model (hub id, directory or oci://): phase_02_train_man_model "
                               "(default Qwen/Qwen2.5-1.5B-Instruct).")
@@ -38,7 +41,7 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Run directory (default <hone home>/pipelines/<algorithm>-<parameters hash>).")
 @click.option("--force", is_flag=True, help="Rerun every stage, even those whose inputs did not change.")
-@click.option("--force-from", type=click.Choice(["dataset", "training", "evaluation", "registration"]),
+@click.option("--force-from", type=click.Choice(list(STAGES)),
               help="Rerun this stage and the ones after it.")
 @click.option("--registry-home", help="Register in the embedded MLflow registry under this hone home "
                                       "(when no phase_04_registry_man_address is given).")
@@ -105,22 +108,27 @@ def _num(x: Any) -> str:
 
 
 @pipeline.command("params")
-@click.option("--flavor", "flavour", default="sft", show_default=True,
-              type=click.Choice(["sft", "sft-minimal", "osft", "osft-minimal", "lora", "lora-minimal"]),
+@click.option("--flavor", "flavour", default="sft", show_default=True, type=click.Choice(list(FLAVOURS)),
               help="Pipeline flavour.")
-def params_command(flavour: str) -> None:
+@click.option("--markdown", is_flag=True, help="Every flavour's parameters as one Markdown table (with the "
+                                               "training option each one sets).")
+def params_command(flavour: str, markdown: bool) -> None:
     """List a flavour's parameters with their defaults."""
-    from hone.pipeline.params import flavour_algorithm, params_for
+    from hone.pipeline.params import flavour_algorithm, markdown_table, params_for
 
+    if markdown:
+        click.echo(markdown_table())
+        return
     algorithm = flavour_algorithm(flavour)
     for p in params_for(flavour):
-        default = "(required)" if p.default is None else repr(p.default_for(algorithm))
+        value = p.default_for(algorithm)
+        default = "(required)" if value is None else repr(value)
         click.echo(f"{p.name:<42} {p.type.__name__:<6} {default:<24} {p.help}")
 
 
 @pipeline.command("compile")
 @click.option("--flavor", "flavour", required=True,
-              type=click.Choice(["sft", "sft-minimal", "osft", "osft-minimal", "lora", "lora-minimal"]),
+              type=click.Choice(list(FLAVOURS)),
               help="Pipeline flavour.")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="YAML file to write.")
 @click.option("--image", help="Container image with hone installed (default $HONE_IMAGE, else hone's published one).")
@@ -147,9 +155,9 @@ def compile_command(flavour: str, output: str, image: str | None, storage_class:
 def report_command(run_dir: str) -> None:
     """Rebuild report.html of a run directory from its manifest."""
     from hone.pipeline.report import write_report
-    from hone.pipeline.runner import MANIFEST
 
-    if not (Path(run_dir) / MANIFEST).is_file():
-        raise HoneError(f"{run_dir} holds no pipeline run (no {MANIFEST})", where="RUN_DIR",
+    manifest = PipelineLayout(Path(run_dir)).manifest
+    if not manifest.is_file():
+        raise HoneError(f"{run_dir} holds no pipeline run (no {manifest.name})", where="RUN_DIR",
                         fix="pass the --run-dir of a `hone pipeline run`")
     click.echo(f"report: {write_report(run_dir)}")

@@ -1,22 +1,31 @@
-"""From a data source to validated, tokenized, filtered samples, written under the run's data directory.
+"""Training's data path: a source, or a prepared dataset directory, to tokenized, filtered samples.
 
-``cfg.data_path`` is any URI :func:`hone.data.sources.open_source` accepts (hub, S3, HTTP(S), PVC, local) in
-any supported format; every row is validated (all problems are reported before anything is tokenized),
-converted to canonical form, subset/split as configured, then tokenized with masking on every core.
+One path for every caller: source URI -> validated canonical split (:func:`hone.data.stage.split_source`, the
+code ``hone data prepare`` / :func:`~hone.data.stage.prepare_dataset` runs) -> token samples -> (the trainer's)
+micro-batches. ``cfg.data_path`` is either
+
+- a directory written by ``prepare_dataset`` (:func:`~hone.data.stage.is_prepared_dir`: it holds
+  ``dataset_report.json``): its ``train.jsonl`` rows are canonical and valid already, so they are only parsed
+  (no second validation, subset or split) and tokenized; or
+- any URI :func:`hone.data.sources.open_source` accepts (hub, S3, HTTP(S), PVC, local) in any supported format:
+  every row is validated (all problems are reported before anything is tokenized), converted to canonical
+  form and subset/split as configured, exactly as ``prepare_dataset`` does, then tokenized.
+
+Both give the same samples for the same settings. Tokenizing masks labels and uses every core.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hone.config import DataConfig
 from hone.data.parallel import resolve_workers, tokenize_rows
-from hone.data.sources import SourceOptions, open_source
-from hone.data.split import select
-from hone.data.stage import fix_for, make_validator
+from hone.data.report import DatasetReport
+from hone.data.stage import PREPARE_CMD, is_prepared_dir, open_prepared, split_source
 from hone.data.tokenize import IGNORE, Tokenized, check_chat_tokenizer
-from hone.data.validate import row_errors_text
 from hone.errors import HoneError
 from hone.io import atomic_write_text
 
@@ -24,35 +33,14 @@ MAX_ERRORS_SHOWN = 10
 PARALLEL_MIN_ROWS = 2000  # below this, forking workers costs more than it saves
 
 
-@dataclass
-class DataReport:
-    """What happened to the rows: counts the user should see before any training time is spent."""
-
-    rows: int = 0
-    samples: int = 0
-    dropped_too_long: int = 0
-    dropped_no_loss_tokens: int = 0
-    tokens: int = 0
-    loss_tokens: int = 0
-    max_len: int = 0
-    mode: str = "messages"
-    dropped_examples: list[str] = field(default_factory=list)
-    source: str = ""
-    source_sha256: str = ""
-    data_format: str = ""
-    rows_read: int = 0
-    eval_rows: int = 0
-
-    def summary(self) -> str:
-        return (f"{self.samples} samples from {self.rows} rows ({self.mode}); dropped {self.dropped_too_long} "
-                f"longer than max_seq_len, {self.dropped_no_loss_tokens} with no trainable token; "
-                f"{self.tokens} tokens, {self.loss_tokens} trained, longest {self.max_len}")
+# what the fix text of invalid rows offers instead of --skip-invalid (training has no such option)
+SKIP_INVALID_HINT = f"; or leave invalid rows out with `{PREPARE_CMD} --skip-invalid` and train on DIR"
 
 
 @dataclass
 class PreparedData:
     samples: list[Tokenized]
-    report: DataReport
+    report: DatasetReport
 
     @property
     def lengths(self) -> list[int]:
@@ -61,46 +49,60 @@ class PreparedData:
 
 def prepare_data(cfg: DataConfig, tokenizer, output_dir: str | Path | None = None, *, seed: int = 42,
                  num_workers: int | None = None) -> PreparedData:
-    """Read ``cfg.data_path``, validate every row, subset/split, tokenize, drop what cannot be trained, report.
+    """``cfg.data_path`` -> canonical train rows -> tokenized samples, dropping what cannot be trained; report.
 
-    When ``output_dir`` is given the processed samples (``data.jsonl``), ``report.json`` and, when the
-    split leaves an eval part, ``eval.jsonl`` (canonical rows) are written there.
+    A prepared directory (see the module docstring) is read as it is: ``subset`` and ``train_split_ratio`` must
+    then be their defaults or what its ``dataset_report.json`` says was applied (with the same ``seed``), else
+    :class:`HoneError` says to re-prepare (:meth:`hone.data.stage.PreparedDir.check_settings`). A directory
+    without ``dataset_report.json`` is a plain data directory (an interrupted prepare is an error:
+    :func:`hone.data.stage.is_prepared_dir`).
+
+    When ``output_dir`` is given the processed samples (``data.jsonl``) and ``report.json`` (the
+    :class:`DatasetReport`, with the sample counts) are written there, and, when the split of a source leaves
+    an eval part, ``eval.jsonl`` (canonical rows; a prepared directory has its own).
     """
-    validator = make_validator(cfg)
-    with open_source(cfg.data_path, SourceOptions.from_config(cfg)) as src:
-        rows = list(validator.run(src.records()))  # (where, canonical row)
-        display, sha = src.display, src.sha256
-    res = validator.result
-    if res.rows_read == 0:
-        raise HoneError("the data file holds no rows", where=display, fix="add samples")
-    if res.rows_invalid:
-        raise HoneError(row_errors_text(res, cfg.max_errors), where=display,
-                        fix=fix_for(res.format))
-    sel = select(len(rows), subset=cfg.subset, train_split_ratio=cfg.train_split_ratio, seed=seed, where=display)
-    assign = sel.assign()
-    train, eval_rows = [], []
-    for i, (where, row) in enumerate(rows):
-        target = assign(i)
-        if target == "train":
-            train.append((where, row))
-        elif target == "eval":
-            eval_rows.append(row)
-    del rows
-    wheres = [w for w, _ in train]
-    train_rows = [r for _, r in train]
-    del train
+    eval_lines: list[str] = []
+    if is_prepared_dir(cfg.data_path):
+        prepared = open_prepared(cfg.data_path)
+        prepared.check_settings(cfg, seed=seed)
+        train: list[tuple[str, Any]] = prepared.train_rows()
+        report = prepared.report
+        chat = any("messages" in row and row["messages"][0].get("role") != "pretraining" for _, row in train)
+    else:
+        with tempfile.TemporaryDirectory(prefix="hone-data-") as spool, \
+                split_source(cfg, spool, seed=seed, keep_where=True, skip_hint=SKIP_INVALID_HINT) as split:
+            train = []
+            for target, where, line in split.rows():
+                if target == "train":
+                    train.append((where, line))  # the JSON line: parsed where it is tokenized
+                else:
+                    eval_lines.append(line)
+            report = split.report(cfg, seed=seed)
+            chat = split.scan.chat_rows > 0
+    samples = tokenize_samples(train, cfg, tokenizer, report, chat=chat, num_workers=num_workers)
+    if output_dir is not None:
+        write_processed(samples, report, output_dir, eval_rows=eval_lines)
+    return PreparedData(samples, report)
 
-    if res.format == "processed":
+
+def tokenize_samples(train: list[tuple[str, Any]], cfg: DataConfig, tokenizer, report: DatasetReport, *,
+                     chat: bool, num_workers: int | None = None) -> list[Tokenized]:
+    """Tokenize ``(where, canonical row or its JSON line)`` pairs; drop samples longer than the limit or with no
+    trainable token; fill ``report``'s sample facts. Raises :class:`HoneError` when every sample is dropped."""
+    if report.format == "processed":
         mode = "processed"
     elif cfg.is_pretraining:
         mode = "pretraining"
     else:
         mode = "messages"
-        if res.chat_rows:
+        if chat:
             check_chat_tokenizer(tokenizer)
-    workers = num_workers or cfg.data_num_workers or (resolve_workers(None) if len(train_rows) >= PARALLEL_MIN_ROWS
+    wheres = [w for w, _ in train]
+    rows = [r for _, r in train]
+    workers = num_workers or cfg.data_num_workers or (resolve_workers(None) if len(rows) >= PARALLEL_MIN_ROWS
                                                       else 1)
-    tokenized = list(tokenize_rows(train_rows, tokenizer, unmask_messages=cfg.unmask_messages, workers=workers))
+    tokenized = list(tokenize_rows(rows, tokenizer, unmask_messages=cfg.unmask_messages, workers=workers))
+    del rows
     if mode == "pretraining":
         stream = [t for tok in tokenized for t in tok.input_ids]
         size = cfg.block_size
@@ -108,8 +110,9 @@ def prepare_data(cfg: DataConfig, tokenizer, output_dir: str | Path | None = Non
         wheres = [f"block {i // size}" for i in range(0, len(stream), size)]
 
     limit = cfg.block_size if cfg.is_pretraining else cfg.max_seq_len
-    report = DataReport(rows=len(train_rows), mode=mode, source=display, source_sha256=sha,
-                        data_format=res.format or "", rows_read=res.rows_read, eval_rows=len(eval_rows))
+    report.mode, report.dropped_examples = mode, []
+    report.samples = report.dropped_too_long = report.dropped_no_loss_tokens = 0
+    report.tokens = report.loss_tokens = report.max_len = 0
     samples = []
     for where, tok in zip(wheres, tokenized):
         if len(tok.input_ids) > limit:
@@ -130,25 +133,23 @@ def prepare_data(cfg: DataConfig, tokenizer, output_dir: str | Path | None = Non
         raise HoneError(
             f"every sample was dropped ({report.dropped_too_long} longer than max_seq_len={limit}, "
             f"{report.dropped_no_loss_tokens} with no trainable token)",
-            where=display,
+            where=report.source,
             fix="raise max_seq_len, check that conversations have assistant turns, or set unmask_messages=True",
         )
-    if output_dir is not None:
-        write_processed(samples, report, output_dir, eval_rows=eval_rows)
-    return PreparedData(samples, report)
+    return samples
 
 
-def write_processed(samples: list[Tokenized], report: DataReport, output_dir: str | Path, *,
-                    eval_rows: list[dict] | None = None) -> Path:
+def write_processed(samples: list[Tokenized], report: DatasetReport, output_dir: str | Path, *,
+                    eval_rows: list[str] | None = None) -> Path:
     """Write ``data.jsonl`` (input_ids, labels: the use_processed_dataset format), ``report.json`` and, with
-    eval rows, ``eval.jsonl`` (canonical)."""
+    eval rows (canonical JSON lines), ``eval.jsonl``."""
     out = Path(output_dir)
     atomic_write_text(out / "data.jsonl", "".join(
         json.dumps({"input_ids": s.input_ids, "labels": s.labels}, separators=(",", ":")) + "\n" for s in samples))
     if eval_rows:
-        atomic_write_text(out / "eval.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_rows))
-    atomic_write_text(out / "report.json", json.dumps(asdict(report), indent=2) + "\n")
+        atomic_write_text(out / "eval.jsonl", "".join(eval_rows))
+    atomic_write_text(out / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
     return out
 
 
-__all__ = ["DataReport", "PreparedData", "prepare_data", "write_processed", "IGNORE"]
+__all__ = ["PreparedData", "prepare_data", "tokenize_samples", "write_processed", "IGNORE"]

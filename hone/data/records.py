@@ -16,7 +16,6 @@ import json
 import lzma
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from hone.errors import HoneError
@@ -332,35 +331,3 @@ def read_dataset(ds: Any, display: str) -> Iterator[Record | Header]:
         for values in zip(*(batch[k] for k in keys)):
             yield Record(f"{display}[{i}]", dict(zip(keys, values)))
             i += 1
-
-
-# -- local paths (the original API, kept) ----------------------------------------------------------------------
-
-def data_files(path: str | Path) -> list[Path]:
-    """The files behind a local ``path``: the file itself, or every data file of a directory, sorted."""
-    p = Path(str(path).removeprefix("file://"))
-    if p.is_file():
-        return [p]
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and is_data_file(f.name))
-        if files:
-            return files
-        raise HoneError(f"no data files (.jsonl, .json, .parquet, .csv) in directory {p}", where="data_path",
-                        fix="point data_path at a data file or a directory of them")
-    raise HoneError(f"data file not found: {p}", where="data_path", fix="check the path (relative paths are from the "
-                    "current directory)")
-
-
-def read_records(path: str, **options: Any) -> Iterator[Record]:
-    """Yield every row of a data source (any URI :func:`hone.data.sources.open_source` accepts); a row that
-    cannot be read raises :class:`HoneError` with its location."""
-    from hone.data.sources import open_source
-
-    with open_source(str(path), **options) as source:
-        for rec in source.records():
-            if isinstance(rec, Header):
-                continue
-            if rec.error:
-                raise HoneError(rec.error[1], where=rec.where, fix="each line of a .jsonl file must be one "
-                                "complete JSON object" if rec.error[0] == "invalid_json" else "fix the row")
-            yield rec

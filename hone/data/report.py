@@ -1,9 +1,10 @@
-"""The dataset stage's report: ``dataset_report.json`` and the text ``hone data check`` prints."""
+"""The data report: ``dataset_report.json`` (the dataset stage), the text ``hone data check`` prints, and the
+token-sample counts training adds (``<run>/data/report.json``, ``TrainResult.data_report``)."""
 from __future__ import annotations
 
 import math
 from array import array
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
 from hone.data.problems import KINDS
@@ -44,17 +45,27 @@ def _count_le(values: list[int], limit: int) -> int:
     return bisect.bisect_right(values, limit)
 
 
+SAMPLE_FIELDS = ("mode", "samples", "dropped_too_long", "dropped_no_loss_tokens", "tokens", "loss_tokens",
+                 "max_len", "dropped_examples")
+
+
 @dataclass
 class DatasetReport:
-    """Everything the dataset stage learned about the data (JSON-serialisable, no secrets)."""
+    """Everything learned about the data (JSON-serialisable, no secrets): one report from source to samples.
 
-    source: str
-    source_kind: str
-    sha256: str
-    format: str | None
-    format_detected: bool
-    rows: dict[str, int]
-    valid: bool
+    The dataset facts (source, ``sha256``, ``format``, ``rows`` = read/valid/invalid/train/eval, problems, roles,
+    turns, ``token_lengths``, ``selection``, ``outputs``) are what the dataset stage writes to
+    ``dataset_report.json``; the token-sample facts (``mode`` onwards) are filled when training tokenizes the
+    train rows into samples (``mode`` is None until then, and :meth:`to_json` leaves them out).
+    """
+
+    source: str = ""
+    source_kind: str = ""
+    sha256: str = ""
+    format: str | None = None
+    format_detected: bool = False
+    rows: dict[str, int] = field(default_factory=dict)
+    valid: bool = False
     split: str | None = None
     files: list[str] = field(default_factory=list)
     files_count: int = 0
@@ -63,12 +74,60 @@ class DatasetReport:
     problem_counts: dict[str, int] = field(default_factory=dict)
     roles: dict[str, int] = field(default_factory=dict)
     turns: dict[str, Any] = field(default_factory=dict)
-    tokens: dict[str, Any] | None = None
-    selection: dict[str, Any] | None = None
-    outputs: dict[str, Any] | None = None
+    token_lengths: dict[str, Any] | None = None  # TokenStats of the rows, when a tokenizer was given
+    selection: dict[str, Any] | None = None  # subset, train_split_ratio, seed, skip_invalid applied
+    outputs: dict[str, Any] | None = None  # the files written: {"train": {path, rows, sha256}, "eval": ...}
+    # the token samples made from the train rows (training's data preparation)
+    mode: str | None = None  # "messages", "pretraining" or "processed"; None: not tokenized into samples
+    samples: int = 0
+    dropped_too_long: int = 0
+    dropped_no_loss_tokens: int = 0
+    tokens: int = 0  # in the samples kept
+    loss_tokens: int = 0
+    max_len: int = 0
+    dropped_examples: list[str] = field(default_factory=list)
+
+    @property
+    def train_rows(self) -> int:
+        return self.rows.get("train", 0)
+
+    @property
+    def eval_rows(self) -> int:
+        return self.rows.get("eval", 0)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.mode is None:
+            for k in SAMPLE_FIELDS:
+                del d[k]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "DatasetReport":
+        """Read :meth:`to_json`'s form back; also the older forms (``tokens`` holding the token-length
+        statistics in ``dataset_report.json``; training's former ``DataReport`` with ``rows`` a count)."""
+        d = dict(d)
+        if isinstance(d.get("tokens"), dict):  # dataset_report.json before token_lengths
+            lengths = d.pop("tokens")
+            d["token_lengths"] = d.get("token_lengths") or lengths
+        if isinstance(d.get("rows"), int):  # training's former DataReport
+            d["rows"] = {"read": d.pop("rows_read", 0), "train": d["rows"], "eval": d.pop("eval_rows", 0)}
+            d.setdefault("sha256", d.pop("source_sha256", ""))
+            d.setdefault("format", d.pop("data_format", "") or None)
+            d.setdefault("valid", True)  # training only ever tokenized valid data
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def summary(self) -> str:
+        """One line: the samples (after tokenization) or, before, the rows."""
+        r = self.rows
+        if self.mode is None:
+            split = f"; {r['train']} train, {r['eval']} eval" if "train" in r else ""
+            return (f"{r.get('read', 0)} rows read, {r.get('valid', 0)} valid, {r.get('invalid', 0)} invalid{split} "
+                    f"({self.format or 'unknown format'})")
+        return (f"{self.samples} samples from {self.train_rows} rows ({self.mode}); dropped {self.dropped_too_long} "
+                f"longer than max_seq_len, {self.dropped_no_loss_tokens} with no trainable token; "
+                f"{self.tokens} tokens, {self.loss_tokens} trained, longest {self.max_len}")
 
     def render(self, *, elapsed_s: float | None = None) -> str:
         """A readable summary for a terminal."""
@@ -90,8 +149,8 @@ class DatasetReport:
         if self.turns:
             t = self.turns
             lines.append(f"turns:    {t['min']}-{t['max']} messages per row (mean {t['mean']})")
-        if self.tokens:
-            t = self.tokens
+        if self.token_lengths:
+            t = self.token_lengths
             lines.append(f"tokens:   p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']} "
                          f"({t['tokenizer']}); {t['over_max_seq_len']:,} row(s) longer than max_seq_len "
                          f"{t['max_seq_len']} (they are dropped in training)")
@@ -100,6 +159,8 @@ class DatasetReport:
             lines += [f"  {p['where']}: {p['message']}" for p in self.problems]
             lines.append("  by problem: " + ", ".join(f"{KINDS.get(k, k)} ({k}) {n:,}"
                                                       for k, n in self.problem_counts.items()))
+        if self.mode is not None:
+            lines.append(f"samples:  {self.summary()}")
         if self.outputs:
             for name, o in self.outputs.items():
                 if isinstance(o, dict) and "path" in o:

@@ -27,19 +27,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, Iterator
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from hone.data.records import (Header, Record, decompress, file_type, is_data_file, read_dataset, read_parquet,
                                read_stream, sniff)
 from hone.errors import HoneError, suggest
+from hone.secrets import redact_uri, scrub
 
 log = logging.getLogger("hone")
 
-SCHEMES = ("hf", "s3", "https", "http", "pvc", "file")
 PREFERRED_SPLITS = ("train", "train_sft", "train_gen", "training")
 DEFAULT_PVC_ROOT = "/workspace"
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-_SENSITIVE_QUERY = re.compile(r"sig|token|key|secret|credential|password|auth|session", re.I)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(:[\w.\-]+)?(@[\w.\-/]+)?$")
 _HF_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -57,35 +55,6 @@ class SourceOptions:
     def from_config(cls, cfg: Any) -> "SourceOptions":
         return cls(split=getattr(cfg, "split", None), s3_endpoint_url=getattr(cfg, "s3_endpoint_url", None),
                    s3_region=getattr(cfg, "s3_region", None), pvc_root=getattr(cfg, "pvc_root", None))
-
-
-# -- secrets --------------------------------------------------------------------------------------------------
-
-def redact_uri(uri: str) -> str:
-    """``uri`` without user:password and with signature/token-like query values replaced by ``***``."""
-    if "://" not in uri:
-        return uri
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SENSITIVE_QUERY.search(k) else v) for k, v in pairs], safe="*/:")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def scrub(text: str) -> str:
-    """Remove credential values (from the environment) from a message of an underlying library."""
-    for name in SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
 
 
 # -- the source -------------------------------------------------------------------------------------------------
@@ -239,20 +208,13 @@ def open_source(uri: str, options: SourceOptions | None = None, **kw: Any) -> So
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", uri)
     if m:
         scheme = m.group(1).lower()
-        if scheme == "hf":
-            return _hub_source(uri, uri[len(m.group(0)):], opts)
-        if scheme == "s3":
-            return _s3_source(uri, opts)
-        if scheme in ("http", "https"):
-            return _http_source(uri)
-        if scheme == "pvc":
-            return _pvc_source(uri, opts)
-        if scheme == "file":
-            return _local_source(uri, Path(uri[len(m.group(0)):]), str(Path(uri[len(m.group(0)):])), opts)
+        opener = SCHEMES.get(scheme)
+        if opener is not None:
+            return opener(uri, uri[len(m.group(0)):], opts)
         close = difflib.get_close_matches(scheme, SCHEMES, n=1, cutoff=0.5)  # short names: a looser cutoff
         hint = f"did you mean {close[0]!r}?" if close else ""
         raise HoneError(f"unknown URI scheme {scheme + '://'!r}" + (f": {hint}" if hint else ""), where="data_path",
-                        fix="use hf://, s3://, https://, http://, pvc://, file:// or a local path")
+                        fix=f"use {', '.join(s + '://' for s in SCHEMES)} or a local path")
     path = Path(uri)
     if path.exists():
         return _local_source(uri, path, uri, opts)
@@ -278,6 +240,19 @@ def choose_split(names: list[str], requested: str | None, where: str) -> str:
     if not names:
         raise HoneError("the dataset has no splits", where=where, fix="check the dataset")
     return names[0]
+
+
+def read_records(path: str, **options: Any) -> Iterator[Record]:
+    """Yield every row of a data source (any URI :func:`open_source` accepts); a row that cannot be read raises
+    :class:`HoneError` with its location."""
+    with open_source(str(path), **options) as source:
+        for rec in source.records():
+            if isinstance(rec, Header):
+                continue
+            if rec.error:
+                raise HoneError(rec.error[1], where=rec.where, fix="each line of a .jsonl file must be one "
+                                "complete JSON object" if rec.error[0] == "invalid_json" else "fix the row")
+            yield rec
 
 
 # -- local files and PVCs -------------------------------------------------------------------------------------
@@ -571,3 +546,14 @@ def _http_source(uri: str) -> Source:
 
     src._files = [_File(display, opener)]  # the type comes from the URL path, else from the content
     return src
+
+
+#: URI scheme -> opener(uri, the rest after "scheme://", options). Adding a data source = one opener + one entry.
+SCHEMES: dict[str, Callable[[str, str, SourceOptions], Source]] = {
+    "hf": lambda uri, rest, opts: _hub_source(uri, rest, opts),
+    "s3": lambda uri, rest, opts: _s3_source(uri, opts),
+    "https": lambda uri, rest, opts: _http_source(uri),
+    "http": lambda uri, rest, opts: _http_source(uri),
+    "pvc": lambda uri, rest, opts: _pvc_source(uri, opts),
+    "file": lambda uri, rest, opts: _local_source(uri, Path(rest), str(Path(rest)), opts),
+}

@@ -20,7 +20,7 @@ import torch
 
 from hone.data.batching import pack
 from hone.data.messages import validate_messages
-from hone.data.records import read_records
+from hone.data.sources import read_records
 from hone.data.tokenize import IGNORE, Tokenized, check_chat_tokenizer, special_token_ids, tokenize_conversation
 from hone.errors import HoneError
 from hone.evaluation.scoring import score, strip_reasoning

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from hone.config import EvalConfig
-from hone.data.sources import redact_uri
 from hone.errors import HoneError
 from hone.evaluation import harness, holdout
 from hone.evaluation.compare import MetricChange, compare, write_comparison
 from hone.io import atomic_dir, atomic_write_text
+from hone.layout import TrainingLayout
+from hone.secrets import redact_uri
 
 log = logging.getLogger("hone")
 
@@ -113,9 +114,10 @@ def resolve_model(path: str, where: str) -> str:
     from hone.models.load import resolve_model_path
 
     p = Path(path).expanduser()
-    if p.is_dir() and not (p / "config.json").is_file() and (p / "hf_format" / "final" / "config.json").is_file():
-        log.info("%s is a training output directory: evaluating its final model %s", path, p / "hf_format" / "final")
-        path = str(p / "hf_format" / "final")
+    final = TrainingLayout(p).final_model
+    if p.is_dir() and not (p / "config.json").is_file() and (final / "config.json").is_file():
+        log.info("%s is a training output directory: evaluating its final model %s", path, final)
+        path = str(final)
     try:
         return resolve_model_path(path)
     except HoneError as err:
@@ -207,9 +209,9 @@ def _write_model(ev: ModelEval, directory: Path, log_samples: bool) -> None:
 
 
 def _config_record(cfg: EvalConfig, model_path: str, base_path: str | None) -> dict[str, Any]:
-    import hone
+    from hone.version import __version__
 
-    versions = {"hone": hone.__version__}
+    versions = {"hone": __version__}
     try:
         from importlib.metadata import version
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hone.errors import HoneError, suggest
+from hone.secrets import HF_TOKEN_SECRET, KUBE_SECRETS, OCI_PULL_SECRET, S3_SECRET, is_secret_env
 
 DEFAULT_RUNTIME = "torch-distributed"
 DEFAULT_PVC_PATH = "/mnt/shared"
@@ -24,13 +25,6 @@ NODE_CONTAINER = "node"  # the trainer container of the stock runtimes (and the 
 # Variables Kubeflow Trainer sets in each pod; a job must not set them itself.
 RESERVED_ENV = frozenset({"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
                           "HONE_CONFIG", "HONE_WORKDIR"})
-# Names that hold credentials: they come from Kubernetes Secrets (secretKeyRef), never as literal values.
-SECRET_ENV_NAMES = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                              "AWS_SESSION_TOKEN", "KUBERNETES_AUTH_TOKEN", "OCI_PULL_SECRET_MODEL_DOWNLOAD",
-                              "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"})
-# ...and names that look like credentials (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD; not TOKENIZERS_PARALLELISM).
-_SECRETISH = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIALS?|AUTH)(_|$)|"
-                        r"(^|_)(API|ACCESS|PRIVATE|SECRET)_?KEY(_|$)", re.I)
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # RFC 1035 (TrainJob names)
 _RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # namespaces
@@ -77,14 +71,11 @@ class SecretEnv(BaseModel):
         return cls(env=var.strip(), secret=secret.strip(), key=(key or var).strip(), optional=optional)
 
 
-# The secrets of the RHOAI fine-tuning examples, attached as optional references unless turned off.
-DEFAULT_SECRETS: tuple[SecretEnv, ...] = (
-    SecretEnv(env="HF_TOKEN", secret="hf-token", key="HF_TOKEN", optional=True),
-    SecretEnv(env="AWS_ACCESS_KEY_ID", secret="s3-secret", key="AWS_ACCESS_KEY_ID", optional=True),
-    SecretEnv(env="AWS_SECRET_ACCESS_KEY", secret="s3-secret", key="AWS_SECRET_ACCESS_KEY", optional=True),
-    SecretEnv(env="OCI_PULL_SECRET_MODEL_DOWNLOAD", secret="oci-pull-secret-model-download",
-              key="OCI_PULL_SECRET_MODEL_DOWNLOAD", optional=True),
-)
+# The secrets of the RHOAI fine-tuning examples, attached as optional references unless turned off (the
+# kubernetes-credentials Secret is not: training pods do not talk to the Kubernetes API).
+DEFAULT_SECRETS: tuple[SecretEnv, ...] = tuple(
+    SecretEnv(env=env, secret=secret, key=env, optional=True)
+    for secret in (HF_TOKEN_SECRET, S3_SECRET, OCI_PULL_SECRET) for env in KUBE_SECRETS[secret])
 
 
 def parse_pairs(value: Any, what: str) -> dict[str, str]:
@@ -240,7 +231,7 @@ class KubeJobConfig(BaseModel):
             if name in RESERVED_ENV:
                 raise HoneError(f"{name} is set by Kubeflow Trainer / hone in every pod", where=f"--env {name}",
                                 fix="remove it (use --num-nodes / --num-procs-per-node for the process layout)")
-            if name in SECRET_ENV_NAMES or _SECRETISH.search(name):
+            if is_secret_env(name):  # credentials come from Kubernetes Secrets, never as literal values
                 raise HoneError(f"{name} looks like a credential: it would be written in clear into the TrainJob",
                                 where=f"--env {name}",
                                 fix=f"store it in a Kubernetes Secret and reference it: --secret-env {name}=SECRET[:KEY]")

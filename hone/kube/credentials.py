@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Mapping
 
 from hone.errors import HoneError
-from hone.kube.config import SECRET_ENV_NAMES, _SECRETISH
+from hone.secrets import KUBE_SERVER_ENV as SERVER_ENV
+from hone.secrets import KUBE_TOKEN_ENV as TOKEN_ENV
+from hone.secrets import MIN_SECRET_LEN, is_secret_env, pull_secret_values
 
-SERVER_ENV = "KUBERNETES_SERVER_URL"
-TOKEN_ENV = "KUBERNETES_AUTH_TOKEN"
 CA_ENV = "KUBERNETES_CA_FILE"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-MIN_SECRET_LEN = 6
 
 
 @dataclass
@@ -135,10 +134,8 @@ def resolve_access(access: ClusterAccess | None = None, env: Mapping[str, str] |
 
 def secret_values(env: Mapping[str, str] | None = None, extra: list[str | None] | None = None) -> list[str]:
     """Every secret value this process knows of: credential variables, the OCI pull secret's passwords, extras."""
-    from hone.models.oci import secret_values as oci_secrets
-
     env = os.environ if env is None else env
-    out = [v for k, v in env.items() if (k in SECRET_ENV_NAMES or _SECRETISH.search(k)) and v and len(v) >= 8]
-    out += oci_secrets(env)
+    out = [v for k, v in env.items() if is_secret_env(k) and v and len(v) >= 8]
+    out += pull_secret_values(env)
     out += [x for x in (extra or []) if x]
     return sorted({s for s in out if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)

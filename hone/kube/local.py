@@ -27,8 +27,7 @@ from typing import Callable
 
 from hone.errors import HoneError
 from hone.kube.config import NODE_CONTAINER
-from hone.kube.manifest import PVC_ROOT_ENV, WORKDIR_ENV, JobPlan
-from hone.kube.submit import Submission, dry_run_manifest
+from hone.kube.manifest import PVC_ROOT_ENV, WORKDIR_ENV, JobPlan, Submission, dry_run_manifest
 
 log = logging.getLogger("hone")
 
@@ -71,7 +70,8 @@ def local_env(p: JobPlan, manifest: dict, workdir: Path, node_rank: int, master_
 def run_local(p: JobPlan, *, workdir: str | Path | None = None,
               on_log: Callable[[str], None] | None = None) -> Submission:
     """Run the job's pods as local processes; returns when all finish (the run's result in ``.status``)."""
-    from hone.training.run import RESULT_FILE, TrainResult
+    from hone.layout import TrainingLayout
+    from hone.training.run import TrainResult
 
     manifest = dry_run_manifest(p)
     command, _ = _trainer(manifest)
@@ -116,7 +116,7 @@ def run_local(p: JobPlan, *, workdir: str | Path | None = None,
                                                    "same way")
     out = Path(str(p.params["ckpt_output_dir"]))
     out = out if out.is_absolute() else workdir / out
-    result_file = out / RESULT_FILE
+    result_file = TrainingLayout(out).result
     result = TrainResult.from_json(json.loads(result_file.read_text())) if result_file.is_file() else None
     if result is not None:  # the pods' paths are relative to the PVC mount: here, to the working directory
         for f in ("output_dir", "final_model_dir", "metrics_path", "loss_chart_png", "loss_chart_html", "params_path",

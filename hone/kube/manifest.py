@@ -22,6 +22,7 @@ import yaml
 from hone.config import RunConfig, load_yaml_config
 from hone.errors import HoneError
 from hone.kube.config import NODE_CONTAINER, KubeJobConfig
+from hone.kube.credentials import secret_values as known_secrets
 
 CONFIG_ENV = "HONE_CONFIG"
 WORKDIR_ENV = "HONE_WORKDIR"
@@ -236,6 +237,29 @@ def manifest_yaml(manifest: dict[str, Any]) -> str:
 
     _Dumper.add_representer(str, _str)
     return yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+@dataclass
+class Submission:
+    """What was submitted (or rendered, or run locally) and where."""
+
+    name: str
+    namespace: str | None
+    backend: str
+    manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    status: Any = None  # JobStatus after waiting (kubernetes), TrainResult (local)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def dry_run_manifest(p: JobPlan) -> dict[str, Any]:
+    """The manifest, checked for secrets, without any cluster (what ``--dry-run`` prints and a local run runs)."""
+    manifest = render(p, namespace=p.job.namespace)
+    check_no_secrets(p, manifest, known_secrets())
+    return manifest
 
 
 def check_no_secrets(p: JobPlan, manifest: dict[str, Any], secret_values: list[str]) -> None:

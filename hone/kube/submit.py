@@ -3,34 +3,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from hone.errors import HoneError
 from hone.kube.config import KubeJobConfig
 from hone.kube.credentials import ClusterAccess, secret_values
-from hone.kube.manifest import JobPlan, check_no_secrets, load_run_config, plan, render, sdk_request
+from hone.kube.manifest import (JobPlan, Submission, check_no_secrets, dry_run_manifest, load_run_config, plan, render,
+                                sdk_request)
 
 log = logging.getLogger("hone")
 
 Backend = Literal["kubernetes", "local"]
-
-
-@dataclass
-class Submission:
-    """What was submitted (or rendered, or run locally) and where."""
-
-    name: str
-    namespace: str | None
-    backend: str
-    manifest: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-    dry_run: bool = False
-    status: Any = None  # JobStatus after waiting (kubernetes), TrainResult (local)
-
-    def __str__(self) -> str:
-        return self.name
 
 
 def prepare(algorithm: str, config: str | Path | None = None, params: dict[str, Any] | None = None,
@@ -45,13 +29,6 @@ def prepare(algorithm: str, config: str | Path | None = None, params: dict[str, 
     else:
         job = KubeJobConfig.build({**(job or {}), **job_options})
     return plan(algorithm, run, job)
-
-
-def dry_run_manifest(p: JobPlan) -> dict[str, Any]:
-    """The manifest, checked for secrets, without any cluster."""
-    manifest = render(p, namespace=p.job.namespace)
-    check_no_secrets(p, manifest, secret_values())
-    return manifest
 
 
 def find_runtime(cluster, name: str):

@@ -37,10 +37,10 @@ from typing import Any, Iterator, Mapping
 
 from hone.errors import HoneError
 from hone.io import atomic_dir
+from hone.secrets import OCI_AUTH_ENV as AUTH_ENV
 
 log = logging.getLogger("hone")
 
-AUTH_ENV = "OCI_PULL_SECRET_MODEL_DOWNLOAD"
 CACHE_ENV = "HONE_OCI_CACHE"
 PLAIN_HTTP_ENV = "HONE_OCI_PLAIN_HTTP"
 MODEL_ROOT = "models"
@@ -192,27 +192,6 @@ def registry_credentials(registry: str, repository: str = "",
                                                               "account token)")
     raise HoneError(f"the OCI pull secret's entry for {best_key!r} has neither \"auth\" nor username/password",
                     where=where, fix=fix)
-
-
-def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    """Every secret string in the pull secret (the raw value, encoded auths, passwords), for leak checks."""
-    env = os.environ if env is None else env
-    raw = env.get(AUTH_ENV, "")
-    out = [raw] if raw.strip() else []
-    try:
-        data = json.loads(raw) if raw.strip().startswith("{") else {}
-        for entry in (data.get("auths") or {}).values():
-            for k in ("auth", "password", "identitytoken", "registrytoken"):
-                if isinstance(entry, dict) and entry.get(k):
-                    out.append(str(entry[k]))
-                    if k == "auth":
-                        try:
-                            out.append(base64.b64decode(str(entry[k])).decode().partition(":")[2])
-                        except (binascii.Error, UnicodeDecodeError):
-                            pass
-    except (ValueError, AttributeError):
-        pass
-    return [s for s in out if len(s) >= 6]
 
 
 # -- registry client ---------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
+from hone import secrets
 from hone.errors import HoneError
+from hone.secrets import KUBE_SECRETS
 from hone.pipeline.params import DATA_URI, PARAMS, Param, flavour_algorithm, params_for
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -28,15 +30,16 @@ WORKERS = "phase_02_train_man_workers"
 
 # Kubernetes secrets -> environment variables, per stage (seed 001/004). Only the secret's *name* is in the
 # YAML; the values stay in the cluster. ``optional``: the pod starts without the secret.
-HF_TOKEN_SECRET = ("hf-token", {"HF_TOKEN": "HF_TOKEN"}, True)
-S3_SECRET = ("s3-secret", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
-             True)
-OCI_SECRET = ("oci-pull-secret-model-download", {"OCI_PULL_SECRET_MODEL_DOWNLOAD": "OCI_PULL_SECRET_MODEL_DOWNLOAD"},
-              True)
-# required where it is attached (seed 001: the one secret a default run needs); only the TrainJob branch
+def _secret(name: str, optional: bool = True) -> tuple[str, dict[str, str], bool]:
+    return name, {key: key for key in KUBE_SECRETS[name]}, optional
+
+
+HF_TOKEN_SECRET = _secret(secrets.HF_TOKEN_SECRET)
+S3_SECRET = _secret(secrets.S3_SECRET)
+OCI_SECRET = _secret(secrets.OCI_PULL_SECRET)
+# required where it is attached (the one secret a default cluster run needs); only the TrainJob branch
 # talks to the Kubernetes API, so only it gets the secret: single-pod training runs without it
-KUBE_SECRET = ("kubernetes-credentials", {"KUBERNETES_SERVER_URL": "KUBERNETES_SERVER_URL",
-                                          "KUBERNETES_AUTH_TOKEN": "KUBERNETES_AUTH_TOKEN"}, False)
+KUBE_SECRET = _secret(secrets.KUBE_CREDENTIALS_SECRET, optional=False)
 SECRETS = {
     "dataset": (HF_TOKEN_SECRET, S3_SECRET),
     "training": (HF_TOKEN_SECRET, OCI_SECRET),
@@ -48,7 +51,7 @@ SECRETS = {
 
 def default_image() -> str:
     """``$HONE_IMAGE``, else hone's published image for this version."""
-    from hone import __version__
+    from hone.version import __version__
 
     return os.environ.get("HONE_IMAGE") or f"quay.io/hone/hone:{__version__}"
 

@@ -46,7 +46,7 @@ def stage_values(algorithm: str, given: Mapping[str, Any]) -> Dict[str, Any]:
 
     def foreign_default(name: str, value: Any) -> bool:
         p = BY_NAME.get(name)
-        return p is not None and algorithm not in p.algorithms and value == p.default
+        return p is not None and algorithm not in p.algorithms and value == p.default_for(p.algorithms[0])
 
     picked = {k: v for k, v in given.items() if k.startswith("phase_") and not foreign_default(k, v)}
     return resolve(algorithm, picked, origins={k: "KFP pipeline parameters" for k in picked})

@@ -1,121 +1,229 @@
-"""The pipeline's parameters: one table shared by the local runner, the KFP pipelines and the docs.
+"""The pipeline's parameters: *declarations* over the one schema, :mod:`hone.config`.
 
-Names follow the OpenShift AI SFT pipeline (seed 004): ``phase_<NN>_<stage>_<man|opt>_<name>``. ``man``
-parameters are the ones the *minimal* flavours expose; the expert flavours expose ``man`` and ``opt``.
-Every flavour uses the same names: the upstream OSFT pipeline's ``phase_02_train_man_train_*`` spellings
-are accepted as aliases (:data:`UPSTREAM_ALIASES`) and mapped onto these.
+Names follow the OpenShift AI pipelines: ``phase_<NN>_<stage>_<man|opt>_<name>``. ``man`` parameters are
+the ones the *minimal* flavours expose; the expert flavours expose ``man`` and ``opt``. Each declaration says
+only which schema field the name stands for (``section.field``), how the value is spelled as a KFP parameter
+(:class:`Codec`), which other stages read it, and -- rarely, with the reason -- a pipeline default that
+differs from the schema's. Type, default, validation and help come from the schema and the algorithm table.
+The upstream OSFT pipeline's ``phase_02_train_man_train_*`` spellings are accepted as aliases.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Literal, Mapping, Union, get_args, get_origin
 
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from hone.config import (ALGORITHMS, DataConfig, DistributedConfig, EvalConfig, PipelineConfig, RegistryConfig,
+                         RunConfig, TrainConfig, get_algorithm)
 from hone.errors import HoneError, suggest
+from hone.secrets import PIPELINE_SECRET_PARAMS
 
-FLAVOURS = ("sft", "sft-minimal", "osft", "osft-minimal", "lora", "lora-minimal")
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 DATA_URI = "phase_01_dataset_man_data_uri"
-SECRET_PARAMS = frozenset({"phase_01_dataset_opt_hf_token", "phase_02_train_opt_hf_token"})
+SECRET_PARAMS = PIPELINE_SECRET_PARAMS
+STAGE_OF_PHASE = {"01": "dataset", "02": "training", "03": "evaluation", "04": "registration"}
+# sections that every algorithm shares; an algorithm's own section is named after it (hone.config.ALGORITHMS)
+SHARED_SECTIONS: dict[str, type[BaseModel]] = {
+    "data": DataConfig, "train": TrainConfig, "distributed": DistributedConfig, "eval": EvalConfig,
+    "registry": RegistryConfig, "pipeline": PipelineConfig}
+_SCHEMA = object()  # "the schema's default"
 
 
+# -- how a schema value is spelled as a KFP parameter ------------------------------------------------------
 @dataclass(frozen=True)
-class Param:
-    """One pipeline parameter."""
+class Codec:
+    """A KFP parameter type and the two conversions between it and the schema's value."""
 
     name: str
-    type: type
-    default: Any
-    help: str
-    algorithms: tuple[str, ...] = ("sft", "osft", "lora")
-    # per-algorithm defaults that differ from ``default`` (seed 001's OSFT hardware table, LoRA's lr)
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    kfp_type: type | None  # None: the schema type's own (see :func:`kfp_type_of`)
+    to_schema: Callable[[Any, bool], Any]  # (pipeline value, schema field optional?) -> schema value
+    from_schema: Callable[[Any], Any]
+
+
+def _csv_in(value: Any, optional: bool) -> Any:
+    items = [s.strip() for s in str(value).split(",") if s.strip()]
+    return items or (None if optional else [])
+
+
+PLAIN = Codec("plain", None, lambda v, _o: v, lambda v: v)
+#: list[str] field <-> "a,b" ("" = the schema's empty value)
+CSV = Codec("csv", str, _csv_in, lambda v: ",".join(v or []))
+#: optional number <-> int with -1 for "none"
+NO_LIMIT = Codec("no-limit", int, lambda v, _o: None if v == -1 else v, lambda v: -1 if v is None else v)
+#: a field that takes a number or a word ("auto") <-> text
+TEXT = Codec("text", str, lambda v, _o: v, lambda v: "" if v is None else str(v))
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    if get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) < len(get_args(annotation)) and len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def kfp_type_of(annotation: Any) -> type:
+    """The KFP parameter type of a schema annotation (bool, int, float, str, list, dict)."""
+    ann, _ = _strip_optional(annotation)
+    if get_origin(ann) is Literal and all(isinstance(a, str) for a in get_args(ann)):
+        return str
+    if ann in (bool, int, float, str):
+        return ann
+    if get_origin(ann) in (list, tuple) or ann in (list, tuple):
+        return list
+    if get_origin(ann) is dict or ann is dict:
+        return dict
+    raise TypeError(f"no KFP type for {annotation!r}: declare the parameter with a codec")
+
+
+# -- the declarations --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    """One pipeline parameter: a pipeline name for a schema field."""
+
+    name: str
+    field: str  # "section.field"; section: a shared one (SHARED_SECTIONS) or an algorithm's name
+    codec: Codec = PLAIN
+    default: Any = _SCHEMA  # a pipeline default that differs from the schema's (say why in ``reason``)
+    reason: str = ""
+    also: tuple[str, ...] = ()  # other stages that read it (the one its name says is always included)
+
+    @property
+    def section_name(self) -> str:
+        return self.field.split(".")[0]
+
+    @property
+    def field_name(self) -> str:
+        return self.field.split(".")[1]
+
+    @property
+    def schema(self) -> type[BaseModel]:
+        s = self.section_name
+        return SHARED_SECTIONS[s] if s in SHARED_SECTIONS else get_algorithm(s).section
+
+    @property
+    def info(self) -> Any:
+        return self.schema.model_fields[self.field_name]
 
     @property
     def stage(self) -> str:
-        return {"01": "dataset", "02": "training", "03": "evaluation", "04": "registration"}[self.name[6:8]]
+        return STAGE_OF_PHASE[self.name[6:8]]
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return (self.stage, *self.also)
 
     @property
     def minimal(self) -> bool:
         return "_man_" in self.name
 
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The algorithms whose pipelines have this parameter."""
+        if self.section_name in SHARED_SECTIONS:
+            return tuple(a for a, spec in ALGORITHMS.items() if spec.pipeline)
+        return (self.section_name,)
+
+    @property
+    def type(self) -> type:
+        return self.codec.kfp_type or kfp_type_of(self.info.annotation)
+
+    @property
+    def optional(self) -> bool:
+        return _strip_optional(self.info.annotation)[1]
+
+    @property
+    def help(self) -> str:
+        return self.info.description or ""
+
     def default_for(self, algorithm: str) -> Any:
-        value = self.overrides.get(algorithm, self.default)
+        """The pipeline default for ``algorithm`` (a fresh copy for lists and dicts)."""
+        if self.default is not _SCHEMA:
+            value = self.default
+        else:
+            value = get_algorithm(algorithm).default(self.schema, self.field_name)
+            if value is not None or self.name != DATA_URI:
+                value = self.codec.from_schema(value)
         return list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+
+    def to_schema(self, value: Any) -> Any:
+        return self.codec.to_schema(value, self.optional)
 
 
 _P = Param
 PARAMS: tuple[Param, ...] = (
-    # -- stage 1: dataset --------------------------------------------------------------------------------
-    _P(DATA_URI, str, None, "Dataset location (hf://, s3://, https://, pvc://, or a local path)."),
-    _P("phase_01_dataset_man_data_split", float, 0.9, "Train/eval split ratio (0.9 = 90% train)."),
-    _P("phase_01_dataset_opt_hf_token", str, "", "HuggingFace token for private datasets (prefer the hf-token "
-       "secret: a parameter value is visible in the run's record)."),
-    _P("phase_01_dataset_opt_subset", int, 0, "Limit dataset to N samples (0 = all)."),
-    # -- stage 2: training -------------------------------------------------------------------------------
-    _P("phase_02_train_man_train_batch", int, 128, "Effective batch size per optimizer step."),
-    _P("phase_02_train_man_epochs", int, 1, "Number of training epochs."),
-    _P("phase_02_train_man_gpu", int, 1, "GPUs per worker. Keep at 1 to avoid /dev/shm issues."),
-    _P("phase_02_train_man_model", str, DEFAULT_MODEL, "Base model (HuggingFace ID, path or oci://)."),
-    _P("phase_02_train_man_tokens", int, 10000, "Max tokens per GPU (memory cap)."),
-    _P("phase_02_train_man_workers", int, 4, "Number of training pods (more than 1: a Kubeflow TrainJob).",
-       overrides={"osft": 1, "lora": 1}),
-    _P("phase_02_train_man_unfreeze_rank_ratio", float, 0.25, "OSFT: trainable fraction of each matrix's "
-       "singular directions (0-1; 1 = plain SFT).", algorithms=("osft",)),
-    _P("phase_02_train_man_lora_r", int, 16, "LoRA rank.", algorithms=("lora",)),
-    _P("phase_02_train_man_lora_alpha", int, 32, "LoRA alpha (scale = alpha / r).", algorithms=("lora",)),
-    _P("phase_02_train_opt_annotations", str, "", "Pod annotations as key=value,key=value."),
-    _P("phase_02_train_opt_cpu", str, "4", "CPU cores per worker.", overrides={"osft": "8"}),
-    _P("phase_02_train_opt_env_vars", str,
-       "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,NCCL_DEBUG=INFO,INSTRUCTLAB_NCCL_TIMEOUT_MS=600000",
-       "Environment variables as KEY=VAL,KEY=VAL."),
-    _P("phase_02_train_opt_hf_token", str, "", "HuggingFace token for gated models (prefer the hf-token secret)."),
-    _P("phase_02_train_opt_labels", str, "", "Pod labels as key=value,key=value."),
-    _P("phase_02_train_opt_learning_rate", float, 5e-06, "Learning rate for training.", overrides={"lora": 2e-4}),
-    _P("phase_02_train_opt_lr_warmup", int, 0, "Learning rate warmup steps."),
-    _P("phase_02_train_opt_lr_scheduler", str, "cosine", "LR scheduler type (cosine, linear)."),
-    _P("phase_02_train_opt_max_seq_len", int, 8192, "Maximum sequence length in tokens."),
-    _P("phase_02_train_opt_memory", str, "64Gi", "Memory per worker (e.g., 64Gi).",
-       overrides={"osft": "32Gi", "lora": "32Gi"}),
-    _P("phase_02_train_opt_num_procs", str, "auto", "Processes per worker (auto or int)."),
-    _P("phase_02_train_opt_pull_secret", str, "", "Pull secret for container registry."),
-    _P("phase_02_train_opt_save_epoch", bool, True, "Save checkpoint at each epoch."),
-    _P("phase_02_train_opt_save_full_state", bool, False, "Save full accelerate state at epoch."),
-    _P("phase_02_train_opt_fsdp_sharding", str, "FULL_SHARD", "FSDP strategy (FULL_SHARD, HYBRID_SHARD)."),
-    _P("phase_02_train_opt_save_samples", int, 0, "Number of samples to save (0 = none)."),
-    _P("phase_02_train_opt_seed", int, 42, "Random seed for reproducibility."),
-    _P("phase_02_train_opt_use_liger", bool, False, "Enable Liger kernel optimizations."),
-    _P("phase_02_train_opt_target_patterns", str, "", "OSFT: comma-separated name patterns of the matrices to "
-       "train (empty = every attention and MLP matrix).", algorithms=("osft",)),
-    _P("phase_02_train_opt_lora_dropout", float, 0.0, "LoRA dropout.", algorithms=("lora",)),
-    _P("phase_02_train_opt_target_modules", str, "", "LoRA: comma-separated module names (empty = every "
-       "linear layer of the blocks).", algorithms=("lora",)),
-    _P("phase_02_train_opt_load_in_4bit", bool, False, "QLoRA: load the base model in 4 bits (GPU).",
-       algorithms=("lora",)),
-    # -- stage 3: evaluation -----------------------------------------------------------------------------
-    _P("phase_03_eval_man_tasks", list, ["arc_easy"], "lm-eval tasks (arc_easy, mmlu, gsm8k, etc.)."),
-    _P("phase_03_eval_opt_batch", str, "auto", "Batch size for evaluation (auto or int)."),
-    _P("phase_03_eval_opt_gen_kwargs", dict, {}, "Generation kwargs for evaluation."),
-    _P("phase_03_eval_opt_limit", int, -1, "Limit examples per task (-1 = no limit)."),
-    _P("phase_03_eval_opt_log_samples", bool, True, "Log individual evaluation samples."),
-    _P("phase_03_eval_opt_model_args", dict, {}, "Model initialization arguments."),
-    _P("phase_03_eval_opt_verbosity", str, "INFO", "Logging verbosity (DEBUG, INFO, etc.)."),
-    _P("phase_03_eval_opt_include_path", str, "", "Comma-separated directories of local lm-eval task YAMLs."),
-    _P("phase_03_eval_opt_compare_base", bool, True, "Evaluate the base model too and compare (forgetting)."),
-    # -- stage 4: registration ---------------------------------------------------------------------------
-    _P("phase_04_registry_man_address", str, "", "Model Registry address (empty = skip)."),
-    _P("phase_04_registry_man_author", str, "pipeline", "Author name for the registered model."),
-    _P("phase_04_registry_man_name", str, "sft-model", "Model name in registry.",
-       overrides={"osft": "osft-model", "lora": "lora-model"}),
-    _P("phase_04_registry_man_version", str, "1.0.0", "Semantic version (major.minor.patch)."),
-    _P("phase_04_registry_opt_description", str, "", "Model description for registry."),
-    _P("phase_04_registry_opt_format_name", str, "pytorch", "Model format (pytorch, onnx)."),
-    _P("phase_04_registry_opt_format_version", str, "1.0", "Model format version."),
-    _P("phase_04_registry_opt_port", int, 8080, "Model Registry server port."),
+    # -- stage 1: dataset ------------------------------------------------------------------------------------
+    _P(DATA_URI, "data.data_path", also=("registration",)),  # registration records it as lineage
+    _P("phase_01_dataset_man_data_split", "data.train_split_ratio", default=0.9,
+       reason="the evaluation stage needs an eval split: 10% is held out, as in the OpenShift AI pipelines"),
+    _P("phase_01_dataset_opt_hf_token", "pipeline.dataset_hf_token", also=("evaluation",)),
+    _P("phase_01_dataset_opt_subset", "data.subset"),
+    # -- stage 2: training -----------------------------------------------------------------------------------
+    _P("phase_02_train_man_train_batch", "train.effective_batch_size"),
+    _P("phase_02_train_man_epochs", "train.num_epochs"),
+    _P("phase_02_train_man_gpu", "pipeline.gpu"),
+    _P("phase_02_train_man_model", "train.model_path", default=DEFAULT_MODEL,
+       reason="a pipeline needs a default base model; the OpenShift AI pipelines use this one",
+       also=("evaluation", "registration")),  # the base model: compared with, recorded as lineage
+    _P("phase_02_train_man_tokens", "train.max_tokens_per_gpu"),
+    _P("phase_02_train_man_workers", "pipeline.workers"),
+    _P("phase_02_train_man_unfreeze_rank_ratio", "osft.unfreeze_rank_ratio", default=0.25,
+       reason="required in the Python API; the OpenShift AI OSFT pipeline defaults it to 0.25"),
+    _P("phase_02_train_man_lora_r", "lora.lora_r"),
+    _P("phase_02_train_man_lora_alpha", "lora.lora_alpha"),
+    _P("phase_02_train_opt_annotations", "pipeline.annotations"),
+    _P("phase_02_train_opt_cpu", "pipeline.cpu"),
+    _P("phase_02_train_opt_env_vars", "pipeline.env_vars"),
+    _P("phase_02_train_opt_hf_token", "pipeline.train_hf_token", also=("evaluation",)),
+    _P("phase_02_train_opt_labels", "pipeline.labels"),
+    _P("phase_02_train_opt_learning_rate", "train.learning_rate"),
+    _P("phase_02_train_opt_lr_warmup", "train.warmup_steps"),
+    _P("phase_02_train_opt_lr_scheduler", "train.lr_scheduler"),
+    _P("phase_02_train_opt_max_seq_len", "data.max_seq_len"),
+    _P("phase_02_train_opt_memory", "pipeline.memory"),
+    _P("phase_02_train_opt_num_procs", "distributed.nproc_per_node", TEXT, default="auto",
+       reason="one process per GPU of the worker (phase_02_train_man_gpu), as in the OpenShift AI pipelines"),
+    _P("phase_02_train_opt_pull_secret", "pipeline.pull_secret"),
+    _P("phase_02_train_opt_save_epoch", "train.checkpoint_at_epoch"),
+    _P("phase_02_train_opt_save_full_state", "train.accelerate_full_state_at_epoch"),
+    _P("phase_02_train_opt_fsdp_sharding", "distributed.fsdp_sharding_strategy"),
+    _P("phase_02_train_opt_save_samples", "train.save_samples"),
+    _P("phase_02_train_opt_seed", "train.seed", also=("dataset",)),  # the dataset stage's split is seeded
+    _P("phase_02_train_opt_use_liger", "train.use_liger"),
+    _P("phase_02_train_opt_target_patterns", "osft.target_patterns", CSV),
+    _P("phase_02_train_opt_lora_dropout", "lora.lora_dropout"),
+    _P("phase_02_train_opt_target_modules", "lora.target_modules", CSV),
+    _P("phase_02_train_opt_load_in_4bit", "lora.load_in_4bit"),
+    # -- stage 3: evaluation ---------------------------------------------------------------------------------
+    _P("phase_03_eval_man_tasks", "eval.tasks", default=["arc_easy"],
+       reason="the OpenShift AI pipelines evaluate arc_easy unless told otherwise"),
+    _P("phase_03_eval_opt_batch", "eval.batch_size", TEXT),
+    _P("phase_03_eval_opt_gen_kwargs", "pipeline.eval_gen_kwargs"),
+    _P("phase_03_eval_opt_limit", "eval.limit", NO_LIMIT),
+    _P("phase_03_eval_opt_log_samples", "eval.log_samples", default=True,
+       reason="the OpenShift AI pipelines log samples by default"),
+    _P("phase_03_eval_opt_model_args", "pipeline.eval_model_args"),
+    _P("phase_03_eval_opt_verbosity", "pipeline.eval_verbosity"),
+    _P("phase_03_eval_opt_include_path", "eval.include_path", CSV),
+    _P("phase_03_eval_opt_compare_base", "pipeline.compare_base"),
+    # -- stage 4: registration -------------------------------------------------------------------------------
+    _P("phase_04_registry_man_address", "registry.registry_address"),
+    _P("phase_04_registry_man_author", "registry.registry_author"),
+    _P("phase_04_registry_man_name", "registry.registry_name"),
+    _P("phase_04_registry_man_version", "registry.registry_version"),
+    _P("phase_04_registry_opt_description", "registry.registry_description"),
+    _P("phase_04_registry_opt_format_name", "registry.registry_format_name"),
+    _P("phase_04_registry_opt_format_version", "registry.registry_format_version"),
+    _P("phase_04_registry_opt_port", "registry.registry_port"),
 )
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+BY_FIELD: dict[str, Param] = {p.field: p for p in PARAMS}
 
-# The upstream OSFT pipelines spell some training parameters differently from the SFT one (seed 001:
-# ``phase_02_train_man_train_model``). hone uses one spelling everywhere and accepts theirs.
+# The upstream OSFT pipelines spell some training parameters differently from the SFT one
+# (``phase_02_train_man_train_model``). hone uses one spelling everywhere and accepts theirs.
 UPSTREAM_ALIASES: dict[str, str] = {
     "phase_02_train_man_train_epochs": "phase_02_train_man_epochs",
     "phase_02_train_man_train_model": "phase_02_train_man_model",
@@ -125,14 +233,32 @@ UPSTREAM_ALIASES: dict[str, str] = {
     "phase_02_train_man_train_unfreeze_rank_ratio": "phase_02_train_man_unfreeze_rank_ratio",
 }
 
+#: every flavour of every algorithm in the table
+FLAVOURS: tuple[str, ...] = tuple(f for spec in ALGORITHMS.values() for f in spec.flavours)
+
+
+def flavours() -> tuple[str, ...]:
+    """The flavours of the algorithms registered now (an algorithm added at run time included)."""
+    return tuple(f for spec in ALGORITHMS.values() for f in spec.flavours)
+
 
 def flavour_algorithm(flavour: str) -> str:
     """``osft-minimal`` -> ``osft``."""
-    if flavour not in FLAVOURS:
-        hint = suggest(flavour, FLAVOURS)
+    known = flavours()
+    if flavour not in known:
+        hint = suggest(flavour, known)
         raise HoneError(f"unknown pipeline flavour {flavour!r}" + (f": {hint}" if hint else ""), where="--flavor",
-                        fix=f"use one of {', '.join(FLAVOURS)}")
-    return flavour.split("-")[0]
+                        fix=f"use one of {', '.join(known)}")
+    return flavour.removesuffix("-minimal")
+
+
+def check_algorithm(algorithm: str, where: str = "--algorithm") -> str:
+    """``algorithm`` if the table has it with pipeline flavours, else a :class:`HoneError`."""
+    spec = get_algorithm(algorithm, where=where)
+    if not spec.pipeline:
+        raise HoneError(f"algorithm {algorithm!r} has no pipeline", where=where,
+                        fix=f"use one of {', '.join(a for a, s in ALGORITHMS.items() if s.pipeline)}")
+    return algorithm
 
 
 def params_for(flavour: str) -> list[Param]:
@@ -147,42 +273,55 @@ def defaults(algorithm: str) -> dict[str, Any]:
     return {p.name: p.default_for(algorithm) for p in PARAMS if algorithm in p.algorithms}
 
 
-def _coerce(p: Param, value: Any, where: str) -> Any:
-    """Parse a value given as text (CLI, YAML) or as its own type into ``p.type``."""
-    import json
+# -- checking values -----------------------------------------------------------------------------------------
+_ADAPTERS: dict[str, TypeAdapter] = {}
+
+
+def _adapter(p: Param) -> TypeAdapter:
+    from typing import Annotated
+
+    if p.field not in _ADAPTERS:
+        _ADAPTERS[p.field] = TypeAdapter(Annotated[p.info.annotation, p.info])
+    return _ADAPTERS[p.field]
+
+
+def _shown(p: Param, value: Any) -> str:
+    return "<redacted>" if p.name in SECRET_PARAMS else repr(value)
+
+
+def _parse_text(p: Param, value: Any, where: str) -> Any:
+    """A value given as text (CLI, YAML) or as its own type -> the parameter's KFP type."""
+    t = p.type
 
     def bad(expected: str) -> HoneError:
-        shown = "<redacted>" if p.name in SECRET_PARAMS else repr(value)
-        return HoneError(f"invalid value {shown} for {p.name}: expected {expected}", where=where,
+        return HoneError(f"invalid value {_shown(p, value)} for {p.name}: expected {expected}", where=where,
                          fix=f"{p.name}: {p.help}")
 
     if value is None:
-        if p.name == DATA_URI:
-            return None
-        raise bad(p.type.__name__)
-    if p.type is bool:
+        raise bad(t.__name__)
+    if t is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.strip().lower() in ("true", "1", "yes")
         raise bad("true or false")
-    if p.type is int:
+    if t is int:
         if isinstance(value, bool):
             raise bad("an integer")
         try:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad("an integer") from None
-    if p.type is float:
+    if t is float:
         if isinstance(value, bool):
             raise bad("a number")
         try:
             return float(value)
         except (TypeError, ValueError):
             raise bad("a number") from None
-    if p.type is list:
+    if t is list:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -191,11 +330,11 @@ def _coerce(p: Param, value: Any, where: str) -> Any:
                 except json.JSONDecodeError:
                     raise bad('a JSON list, e.g. ["arc_easy"], or comma-separated names') from None
             else:
-                value = [t.strip() for t in text.split(",") if t.strip()]
+                value = [s.strip() for s in text.split(",") if s.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise bad("a list of names")
         return list(value)
-    if p.type is dict:
+    if t is dict:
         if isinstance(value, str):
             try:
                 value = json.loads(value) if value.strip() else {}
@@ -204,16 +343,30 @@ def _coerce(p: Param, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise bad("a mapping")
         return dict(value)
-    if isinstance(value, (dict, list)):
+    if isinstance(value, (dict, list, bool)):
         raise bad("text")
     return str(value)
 
 
+def check_value(p: Param, value: Any, where: str) -> Any:
+    """``value`` parsed into the parameter's KFP type and validated by the schema field it stands for."""
+    value = _parse_text(p, value, where)
+    try:
+        _adapter(p).validate_python(p.to_schema(value))
+    except ValidationError as err:
+        msg = err.errors()[0]["msg"]
+        raise HoneError(f"invalid value {_shown(p, value)} for {p.name}: {msg}", where=where,
+                        fix=f"{p.name}: {p.help}") from None
+    return value
+
+
 def resolve(algorithm: str, given: Mapping[str, Any], origins: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Defaults of ``algorithm`` overlaid with ``given`` (upstream aliases accepted), each value checked.
+    """Defaults of ``algorithm`` overlaid with ``given`` (upstream aliases accepted), each value checked
+    against the schema; then the training parameters are checked together (e.g. tokens >= max_seq_len).
 
     Unknown names and names of another algorithm (e.g. an OSFT parameter in a LoRA run) are errors.
     """
+    check_algorithm(algorithm)
     origins = origins or {}
     out = defaults(algorithm)
     for key, value in given.items():
@@ -227,41 +380,109 @@ def resolve(algorithm: str, given: Mapping[str, Any], origins: Mapping[str, str]
         if algorithm not in p.algorithms:
             raise HoneError(f"{name} applies to {'/'.join(p.algorithms)}, not to {algorithm}", where=where,
                             fix=f"remove it, or run with --algorithm {p.algorithms[0]}")
-        out[name] = _coerce(p, value, where)
+        out[name] = check_value(p, value, where)
     if not out.get(DATA_URI):
         raise HoneError("no dataset given", where=DATA_URI, fix="pass --data URI (hf://, s3://, https://, pvc:// "
                         "or a local path)")
-    _check_ranges(out)
+    training_config(algorithm, out, out[DATA_URI], "<pipeline run>")
+    settings(out, PipelineConfig)
+    settings(out, RegistryConfig)
+    settings(out, EvalConfig, model_path="<tuned>", output_dir="<evaluation>", eval_data_path="<eval split>")
     return out
 
 
-def _check_ranges(v: Mapping[str, Any]) -> None:
-    def need(ok: bool, name: str, what: str) -> None:
-        if not ok:
-            raise HoneError(f"{name} = {v[name]!r}: {what}", where=name, fix=BY_NAME[name].help)
+def section_values(algorithm: str | None, values: Mapping[str, Any], sections: tuple[str, ...],
+                   stage: str | None = None) -> dict[str, Any]:
+    """The schema values (``field -> value``) of the parameters of ``sections`` (and read by ``stage``)."""
+    return {p.field_name: p.to_schema(values[p.name]) for p in PARAMS
+            if p.section_name in sections and p.name in values
+            and (algorithm is None or algorithm in p.algorithms) and (stage is None or stage in p.stages)}
 
-    need(0 < v["phase_01_dataset_man_data_split"] <= 1, "phase_01_dataset_man_data_split", "must be in (0, 1]")
-    need(v["phase_01_dataset_opt_subset"] >= 0, "phase_01_dataset_opt_subset", "must be 0 or more")
-    for name in ("phase_02_train_man_train_batch", "phase_02_train_man_epochs", "phase_02_train_man_gpu",
-                 "phase_02_train_man_tokens", "phase_02_train_man_workers"):
-        need(v[name] >= 1, name, "must be at least 1")
-    need(v["phase_02_train_opt_learning_rate"] > 0, "phase_02_train_opt_learning_rate", "must be positive")
-    need(v["phase_02_train_opt_lr_warmup"] >= 0, "phase_02_train_opt_lr_warmup", "must be 0 or more")
-    need(v["phase_02_train_opt_save_samples"] >= 0, "phase_02_train_opt_save_samples", "must be 0 or more")
-    num_procs = v["phase_02_train_opt_num_procs"]
-    need(num_procs == "auto" or (num_procs.isdigit() and int(num_procs) >= 1), "phase_02_train_opt_num_procs",
-         "must be auto or a positive integer")
-    batch = v["phase_03_eval_opt_batch"]
-    need(batch == "auto" or (batch.isdigit() and int(batch) >= 1), "phase_03_eval_opt_batch",
-         "must be auto or a positive integer")
-    need(v["phase_03_eval_opt_limit"] == -1 or v["phase_03_eval_opt_limit"] >= 1, "phase_03_eval_opt_limit",
-         "must be -1 (no limit) or a positive integer")
-    need(v["phase_04_registry_opt_port"] in range(1, 65536), "phase_04_registry_opt_port", "must be a TCP port")
-    if "phase_02_train_man_unfreeze_rank_ratio" in v:
-        need(0 <= v["phase_02_train_man_unfreeze_rank_ratio"] <= 1, "phase_02_train_man_unfreeze_rank_ratio",
-             "must be in [0, 1]")
+
+def settings(values: Mapping[str, Any], schema: type[BaseModel], **more: Any) -> Any:
+    """The pipeline parameters of one shared section as its schema object (e.g. :class:`PipelineConfig`),
+    with ``more`` fields that are not pipeline parameters; errors name the pipeline parameters."""
+    name = next(n for n, s in SHARED_SECTIONS.items() if s is schema)
+    try:
+        return schema(**section_values(None, values, (name,)), **more)
+    except HoneError as err:
+        raise in_pipeline_terms(err) from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        field_name = str(first["loc"][-1]) if first["loc"] else "?"
+        p = BY_FIELD.get(f"{name}.{field_name}")
+        raise HoneError(f"invalid value for {p.name if p else field_name}: {first['msg']}",
+                        where="pipeline parameters", fix=p.help if p else "") from None
+
+
+def training_params(algorithm: str, values: Mapping[str, Any], data_path: str, output_dir: str) -> dict[str, Any]:
+    """The training stage's parameters as ``hone train`` names, training on the data at ``data_path``."""
+    flat = section_values(algorithm, values, ("data", "train", "distributed", algorithm), stage="training")
+    flat.update(data_path=data_path, ckpt_output_dir=output_dir)
+    return flat
+
+
+def training_config(algorithm: str, values: Mapping[str, Any], data_path: str, output_dir: str) -> RunConfig:
+    """:func:`training_params` resolved by the schema (errors in pipeline terms)."""
+    try:
+        return RunConfig.from_flat(algorithm, training_params(algorithm, values, data_path, output_dir),
+                                   source="pipeline parameters")
+    except HoneError as err:
+        raise in_pipeline_terms(err) from None
+
+
+def stage_params(stage: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters ``stage`` reads (tokens redacted): what its cache key hashes."""
+    return {k: v for k, v in public(values).items() if k in BY_NAME and stage in BY_NAME[k].stages}
 
 
 def public(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with the token parameters redacted (for manifests, reports, logs)."""
     return {k: ("<redacted>" if k in SECRET_PARAMS and v else v) for k, v in values.items()}
+
+
+def _spellings(p: Param) -> list[str]:
+    """How the schema field of ``p`` may appear in a message from the library: its CLI flag, its name quoted,
+    and its bare name when that cannot be an ordinary word (it has an underscore)."""
+    name = p.field_name
+    out = [EvalConfig.flag(name) if p.schema is EvalConfig else f"--{name.replace('_', '-')}", f"'{name}'"]
+    return out + ([name] if "_" in name else [])
+
+
+def in_pipeline_terms(err: HoneError) -> HoneError:
+    """``err`` with schema names and CLI flags replaced by the pipeline parameters the user sets."""
+    table: dict[str, str] = {"--base": "phase_02_train_man_model"}
+    for p in PARAMS:
+        for spelling in _spellings(p):
+            table.setdefault(spelling, p.name)
+    pattern = re.compile("|".join(rf"(?<![\w-]){re.escape(s)}(?![\w-])" for s in sorted(table, key=len,
+                                                                                          reverse=True)))
+
+    def swap(text: str | None) -> str | None:
+        return pattern.sub(lambda m: table[m.group(0)], text) if text else text
+
+    return HoneError(swap(err.what) or err.what, where=swap(err.where), fix=swap(err.fix))
+
+
+def markdown_table() -> str:
+    """Every parameter of every pipeline algorithm: type, default per algorithm, stage, minimal, the schema
+    field it sets (the ``hone train`` option, or a pipeline-only setting) and its help (docs/pipeline.md)."""
+    algorithms = [a for a, spec in ALGORITHMS.items() if spec.pipeline]
+    lines = [f"| parameter | type | default ({' / '.join(algorithms)}) | stage | minimal | sets | description |",
+             "|---|---|---|---|---|---|---|"]
+    for p in PARAMS:
+        shown = [repr(p.default_for(a)) if a in p.algorithms else None for a in algorithms]
+        present = [d for d in shown if d is not None]
+        if p.name == DATA_URI:
+            default = "required"
+        elif len(set(present)) == 1 and len(present) == len(shown):
+            default = f"`{present[0]}`"
+        else:
+            default = " / ".join("—" if d is None else f"`{d}`" for d in shown)
+        sets = f"pipeline setting `{p.field_name}`" if p.section_name == "pipeline" else f"`{p.field_name}`"
+        if p.codec is not PLAIN:
+            sets += f" ({p.codec.name})"
+        help_text = p.help.replace("|", "\\|") + (f" Pipeline default: {p.reason}." if p.reason else "")
+        lines.append(f"| `{p.name}` | {p.type.__name__} | {default} | {p.stage} | {'yes' if p.minimal else ''} "
+                     f"| {sets} | {help_text} |")
+    return "\n".join(lines)

@@ -7,7 +7,9 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from hone.data.stage import REPORT_FILE as DATASET_REPORT
 from hone.io import atomic_write_text
+from hone.layout import LOSS_CHART_PNG, STAGES, PipelineLayout
 
 SECTIONS = ("summary", "dataset", "training", "evaluation", "registry", "parameters")
 
@@ -74,11 +76,10 @@ def _missing(info: Mapping[str, Any] | None) -> str:
 
 
 def _dataset(run_dir: Path, info: Mapping[str, Any]) -> str:
-    from hone.pipeline.runner import STAGE_DIRS
-
-    rep = _read_json(run_dir / STAGE_DIRS["dataset"] / "dataset_report.json")
+    name = info.get("files", {}).get("report", DATASET_REPORT)
+    rep = _read_json(PipelineLayout(run_dir).stage("dataset") / name)
     if rep is None:
-        return '<p class="muted">(dataset_report.json is missing)</p>'
+        return f'<p class="muted">({escape(name)} is missing)</p>'
     rows = rep.get("rows", {})
     out = [f"<p>Source <code>{escape(str(rep.get('source')))}</code>, format <span class=pill>{escape(str(rep.get('format')))}"
            f"</span>, content SHA-256 <code>{escape(str(rep.get('sha256', ''))[:16])}…</code></p>",
@@ -91,22 +92,20 @@ def _dataset(run_dir: Path, info: Mapping[str, Any]) -> str:
     if turns:
         out.append(f"<p>Messages per conversation: min {turns.get('min')}, mean {turns.get('mean')}, "
                    f"max {turns.get('max')}.</p>")
-    tokens = rep.get("tokens")
+    tokens = rep.get("token_lengths")
     if tokens:
         out.append("<h3>Tokens per sample</h3>" + _table(["statistic", "value"], sorted(tokens.items())))
     return "".join(out)
 
 
 def _training(run_dir: Path, info: Mapping[str, Any]) -> str:
-    from hone.pipeline.runner import STAGE_DIRS
-
     s, files = info.get("summary", {}), info.get("files", {})
-    d = run_dir / STAGE_DIRS["training"]
+    d = PipelineLayout(run_dir).stage("training")
     out = [_cards([("algorithm", s.get("algorithm")), ("steps", s.get("steps")), ("epochs", s.get("epochs")),
                    ("first loss", s.get("first_loss")), ("final loss", s.get("final_loss")),
                    ("seconds", s.get("train_seconds"))]),
            f"<p>Base model <code>{escape(str(s.get('base_model')))}</code>; {escape(str(s.get('data', '')))}.</p>",
-           _img(d / files.get("loss_chart_png", "loss_chart.png"), "training loss")]
+           _img(d / files.get("loss_chart_png", LOSS_CHART_PNG), "training loss")]
     for note in s.get("notes", []):
         out.append(f'<p class="muted">{escape(note)}</p>')
     out.append(f"<p>Model: <code>{escape(str(d / files.get('model', '')))}</code></p>")
@@ -114,9 +113,7 @@ def _training(run_dir: Path, info: Mapping[str, Any]) -> str:
 
 
 def _evaluation(run_dir: Path, info: Mapping[str, Any]) -> str:
-    from hone.pipeline.runner import STAGE_DIRS
-
-    d = run_dir / STAGE_DIRS["evaluation"]
+    d = PipelineLayout(run_dir).stage("evaluation")
     s = info.get("summary", {})
     comp = _read_json(d / "comparison.json")
     out = []
@@ -156,12 +153,10 @@ def _registry(run_dir: Path, info: Mapping[str, Any]) -> str:
 
 def render(run_dir: Path, manifest: Mapping[str, Any]) -> str:
     """The report's HTML for ``manifest`` (the runner's manifest.json)."""
-    from hone.pipeline.runner import STAGE_DIRS
-
     stages = manifest.get("stages", {})
     status = manifest.get("status", "?")
     rows = []
-    for name in STAGE_DIRS:
+    for name in STAGES:
         st = stages.get(name, {})
         rows.append([name, st.get("status", "not run") + (" (cached)" if st.get("cached") else ""),
                      st.get("duration_s"), (st.get("inputs_sha256") or "")[:12], (st.get("outputs_sha256") or "")[:12]])
@@ -193,8 +188,6 @@ def render(run_dir: Path, manifest: Mapping[str, Any]) -> str:
 
 def write_report(run_dir: str | Path, manifest: Mapping[str, Any] | None = None) -> Path:
     """Write ``<run_dir>/report.html`` from the manifest (read from the run directory when not given)."""
-    from hone.pipeline.runner import MANIFEST, REPORT
-
-    run_dir = Path(run_dir)
-    manifest = manifest if manifest is not None else json.loads((run_dir / MANIFEST).read_text())
-    return atomic_write_text(run_dir / REPORT, render(run_dir, manifest))
+    layout = PipelineLayout(run_dir)
+    manifest = manifest if manifest is not None else json.loads(layout.manifest.read_text())
+    return atomic_write_text(layout.report, render(layout.run_dir, manifest))

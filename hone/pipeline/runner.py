@@ -28,14 +28,13 @@ from typing import Any, Callable, Mapping
 
 from hone.errors import HoneError
 from hone.io import atomic_write_text, content_sha256
+from hone.layout import (CHECKPOINTS_DIR, MANIFEST, REPORT, STAGE_DIRS, STAGE_FILE, STAGES,  # noqa: F401
+                         PipelineLayout, TrainingLayout)
 
 log = logging.getLogger("hone")
 from hone.pipeline import params as P
-from hone.pipeline.stages import STAGE_FILE, STAGES, StageResult
+from hone.pipeline.stages import StageResult
 
-MANIFEST = "manifest.json"
-REPORT = "report.html"
-STAGE_DIRS = {name: f"{i:02d}-{name}" for i, name in enumerate(STAGES, 1)}
 MANIFEST_VERSION = 1
 
 
@@ -51,7 +50,7 @@ class PipelineRun:
     report: Path | None = None
 
     def stage_dir(self, stage: str) -> Path:
-        return self.run_dir / STAGE_DIRS[stage]
+        return PipelineLayout(self.run_dir).stage(stage)
 
     @property
     def model_dir(self) -> Path:
@@ -72,7 +71,7 @@ def sha256_json(obj: Any) -> str:
 
 def _skipped(rel: Path) -> bool:
     """Files that are not a stage's result: hidden ones and training checkpoints (kept only to resume)."""
-    return rel.name.startswith(".") or "checkpoints" in rel.parts
+    return rel.name.startswith(".") or CHECKPOINTS_DIR in rel.parts
 
 
 def _files(directory: Path) -> list[Path]:
@@ -100,17 +99,11 @@ STAGE_INPUTS = {"dataset": (), "training": ("dataset",), "evaluation": ("dataset
 def stage_key(stage: str, algorithm: str, values: Mapping[str, Any], upstream: Mapping[str, str],
               extra: Mapping[str, Any]) -> dict[str, Any]:
     """What a stage's result depends on (hashed to decide whether it can be reused)."""
-    own = {k: v for k, v in P.public(values).items() if P.BY_NAME[k].stage == stage}
-    if stage == "dataset":  # the split seed and the length cap come from the training parameters
-        own.update({k: values[k] for k in ("phase_02_train_opt_seed", "phase_02_train_opt_max_seq_len")})
+    own = P.stage_params(stage, values)  # only the parameters the stage reads (the table says which)
+    if stage == "dataset":
         local = _local_path(values[P.DATA_URI])
         if local is not None:
             own["data_content_sha256"] = content_sha256(local, _skipped)
-    if stage == "evaluation":
-        own["base_model"] = values["phase_02_train_man_model"]
-    if stage == "registration":
-        own["base_model"] = values["phase_02_train_man_model"]
-        own["data_uri"] = values[P.DATA_URI]
     if stage == "training":
         model = _local_path(values["phase_02_train_man_model"])
         if model is not None and model.is_dir():
@@ -155,7 +148,7 @@ def default_run_dir(algorithm: str, values: Mapping[str, Any], home: str | Path 
 
 
 def _read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / MANIFEST
+    path = PipelineLayout(run_dir).manifest
     if not path.is_file():
         return {}
     try:
@@ -178,8 +171,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
     """
     from hone.pipeline import stages as S
 
-    if algorithm not in ("sft", "osft", "lora"):
-        raise HoneError(f"unknown algorithm {algorithm!r}", where="--algorithm", fix="use sft, osft or lora")
+    P.check_algorithm(algorithm)
     given = dict(params or {})
     origins = dict(origins or {})
     if data is not None:
@@ -196,6 +188,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
     if force and force is not True and force not in STAGES:
         raise HoneError(f"unknown stage {force!r}", where="--force", fix=f"use one of {', '.join(STAGES)}")
     run_path.mkdir(parents=True, exist_ok=True)
+    layout = PipelineLayout(run_path)
     progress = progress or Progress()
 
     previous = _read_manifest(run_path)
@@ -214,10 +207,10 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
 
     def save() -> None:
         manifest["updated"] = _now()
-        atomic_write_text(run_path / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+        atomic_write_text(layout.manifest, json.dumps(manifest, indent=2, default=str) + "\n")
 
     for i, stage in enumerate(STAGES, 1):
-        out = run_path / STAGE_DIRS[stage]
+        out = layout.stage(stage)
         key = stage_key(stage, algorithm, values, out_hashes, extra if stage == "registration" else {})
         key_hash = sha256_json(key)
         old = old_stages.get(stage, {})
@@ -235,7 +228,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
         # Training that failed (or was killed) with the same inputs keeps its directory: it resumes from its
         # last checkpoint. Everything else starts clean.
         resumable = (stage == "training" and stage not in forced and old.get("inputs_sha256") == key_hash
-                     and old.get("status") in ("failed", "running") and (out / "training_params.json").is_file())
+                     and old.get("status") in ("failed", "running") and TrainingLayout(out).is_run())
         if out.exists() and not resumable:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +242,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
         try:
             if fail_stage == stage:  # fault injection for tests of resumption
                 raise HoneError(f"injected failure in the {stage} stage", where="fail_stage", fix="run again")
-            dirs = {s: run_path / STAGE_DIRS[s] for s in STAGES}
+            dirs = layout.stages
             if stage == "dataset":
                 result = S.dataset_stage(values, out)
             elif stage == "training":
@@ -270,7 +263,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
                 try:
                     _write_report(run, manifest)
                 except Exception as report_err:  # never hide the stage's own error behind the report's
-                    log.warning("could not write %s: %s", run_path / REPORT, report_err)
+                    log.warning("could not write %s: %s", layout.report, report_err)
             raise
         seconds = time.monotonic() - t0
         run.results[stage] = result
@@ -302,7 +295,7 @@ def _error_text(err: BaseException) -> str:
 
 
 def _hone_version() -> str:
-    from hone import __version__
+    from hone.version import __version__
 
     return __version__
 

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from hone.config import EvalConfig, PipelineConfig, RegistryConfig
 from hone.errors import HoneError
-from hone.pipeline.params import DATA_URI
+from hone.layout import STAGE_FILE, STAGES, TrainingLayout  # noqa: F401 (STAGES: re-exported)
+from hone.secrets import HF_TOKEN_ENV
+from hone.pipeline.params import (DATA_URI, in_pipeline_terms, section_values, settings, training_config,
+                                  training_params)
 
 log = logging.getLogger("hone")
 
-STAGES = ("dataset", "training", "evaluation", "registration")
 SKIPPED = "SKIPPED"
-STAGE_FILE = "stage.json"
 
 
 @dataclass
@@ -50,8 +51,8 @@ class StageResult:
 
 def _hf_token(token: str) -> None:
     """A token passed as a parameter is used like the hf-token secret (which wins when both are set)."""
-    if token and not os.environ.get("HF_TOKEN"):
-        os.environ["HF_TOKEN"] = token
+    if token and not os.environ.get(HF_TOKEN_ENV):
+        os.environ[HF_TOKEN_ENV] = token
 
 
 # -- stage 1 ---------------------------------------------------------------------------------------------
@@ -60,11 +61,9 @@ def dataset_stage(values: Mapping[str, Any], out_dir: str | Path) -> StageResult
     from hone.config import DataConfig
     from hone.data.stage import EVAL_FILE, REPORT_FILE, TRAIN_FILE, prepare_dataset
 
-    _hf_token(values["phase_01_dataset_opt_hf_token"])
-    cfg = DataConfig(data_path=values[DATA_URI], train_split_ratio=values["phase_01_dataset_man_data_split"],
-                     subset=values["phase_01_dataset_opt_subset"],
-                     max_seq_len=values["phase_02_train_opt_max_seq_len"])
-    report = prepare_dataset(cfg, out_dir, seed=values["phase_02_train_opt_seed"])
+    _hf_token(settings(values, PipelineConfig).dataset_hf_token)
+    cfg = DataConfig(**section_values(None, values, ("data",), stage="dataset"))
+    report = prepare_dataset(cfg, out_dir, **section_values(None, values, ("train",), stage="dataset"))
     rows = report.rows
     summary = {"source": report.source, "format": report.format, "sha256": report.sha256,
                "rows_read": rows["read"], "rows_valid": rows["valid"], "rows_invalid": rows["invalid"],
@@ -73,54 +72,20 @@ def dataset_stage(values: Mapping[str, Any], out_dir: str | Path) -> StageResult
 
 
 # -- stage 2 ---------------------------------------------------------------------------------------------
-def training_params(algorithm: str, values: Mapping[str, Any], train_data: str, output_dir: str) -> dict[str, Any]:
-    """The pipeline parameters as hone training parameters (``hone train <algorithm>`` names)."""
-    v = values
-    flat: dict[str, Any] = {
-        "model_path": v["phase_02_train_man_model"], "data_path": train_data, "ckpt_output_dir": output_dir,
-        "num_epochs": v["phase_02_train_man_epochs"], "effective_batch_size": v["phase_02_train_man_train_batch"],
-        "max_tokens_per_gpu": v["phase_02_train_man_tokens"], "learning_rate": v["phase_02_train_opt_learning_rate"],
-        "warmup_steps": v["phase_02_train_opt_lr_warmup"], "lr_scheduler": v["phase_02_train_opt_lr_scheduler"],
-        "max_seq_len": v["phase_02_train_opt_max_seq_len"], "checkpoint_at_epoch": v["phase_02_train_opt_save_epoch"],
-        "accelerate_full_state_at_epoch": v["phase_02_train_opt_save_full_state"],
-        "fsdp_sharding_strategy": v["phase_02_train_opt_fsdp_sharding"], "seed": v["phase_02_train_opt_seed"],
-    }
-    if v["phase_02_train_opt_save_samples"] > 0:  # Training Hub: a checkpoint every N samples
-        flat["checkpoint_every_steps"] = max(1, math.ceil(v["phase_02_train_opt_save_samples"]
-                                                          / v["phase_02_train_man_train_batch"]))
-    if algorithm == "osft":
-        flat["unfreeze_rank_ratio"] = v["phase_02_train_man_unfreeze_rank_ratio"]
-        if v["phase_02_train_opt_target_patterns"]:
-            flat["target_patterns"] = [s.strip() for s in v["phase_02_train_opt_target_patterns"].split(",")
-                                       if s.strip()]
-    if algorithm == "lora":
-        flat.update(lora_r=v["phase_02_train_man_lora_r"], lora_alpha=v["phase_02_train_man_lora_alpha"],
-                    lora_dropout=v["phase_02_train_opt_lora_dropout"], load_in_4bit=v["phase_02_train_opt_load_in_4bit"])
-        if v["phase_02_train_opt_target_modules"]:
-            flat["target_modules"] = [s.strip() for s in v["phase_02_train_opt_target_modules"].split(",")
-                                      if s.strip()]
-    procs = v["phase_02_train_opt_num_procs"]
-    nproc = int(procs) if procs != "auto" else v["phase_02_train_man_gpu"]
-    if nproc > 1:
-        flat["nproc_per_node"] = nproc
-    return flat
-
-
 def job_options(values: Mapping[str, Any], *, pvc: str | None = None, pvc_path: str | None = None) -> dict[str, Any]:
     """The pipeline parameters as TrainJob options (:class:`hone.kube.config.KubeJobConfig`)."""
     from hone.kube.config import parse_pairs
 
-    v = values
-    procs = v["phase_02_train_opt_num_procs"]
+    pc: PipelineConfig = settings(values, PipelineConfig)
+    procs = values["phase_02_train_opt_num_procs"]
     opts: dict[str, Any] = {
-        "num_nodes": v["phase_02_train_man_workers"],
-        "num_procs_per_node": int(procs) if procs != "auto" else v["phase_02_train_man_gpu"],
-        "resources_per_node": {"gpu": v["phase_02_train_man_gpu"], "cpu": v["phase_02_train_opt_cpu"],
-                               "memory": v["phase_02_train_opt_memory"]},
-        "env": parse_pairs(v["phase_02_train_opt_env_vars"], "phase_02_train_opt_env_vars"),
-        "labels": parse_pairs(v["phase_02_train_opt_labels"], "phase_02_train_opt_labels"),
-        "annotations": parse_pairs(v["phase_02_train_opt_annotations"], "phase_02_train_opt_annotations"),
-        "image_pull_secrets": v["phase_02_train_opt_pull_secret"],
+        "num_nodes": pc.workers,
+        "num_procs_per_node": int(procs) if procs.isdigit() else pc.gpu,  # auto/gpu: one per GPU of the pod
+        "resources_per_node": {"gpu": pc.gpu, "cpu": pc.cpu, "memory": pc.memory},
+        "env": parse_pairs(pc.env_vars, "phase_02_train_opt_env_vars"),
+        "labels": parse_pairs(pc.labels, "phase_02_train_opt_labels"),
+        "annotations": parse_pairs(pc.annotations, "phase_02_train_opt_annotations"),
+        "image_pull_secrets": pc.pull_secret,
     }
     if pvc:
         opts.update(pvc=pvc, pvc_path=pvc_path)
@@ -131,7 +96,8 @@ def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str |
                    launcher: str = "local", pvc: str | None = None, pvc_path: str | None = None,
                    submit_backend: str = "kubernetes", run_config_hook: Callable[[Any], None] | None = None
                    ) -> StageResult:
-    """Fine-tune the base model on the dataset stage's ``train.jsonl``.
+    """Fine-tune the base model on the train rows of the dataset stage's directory (read as they are: the
+    dataset stage validated and split them).
 
     ``launcher="local"`` trains in this process (torchrun when more than one process per worker is asked
     for); ``"trainjob"`` submits a Kubeflow TrainJob with ``phase_02_train_man_workers`` pods sharing the
@@ -139,21 +105,21 @@ def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str |
     A rerun into the same directory with the same parameters resumes from its last checkpoint.
     """
     from hone.api import run
-    from hone.config import RunConfig
-    from hone.training.run import RESULT_FILE, TrainResult
+    from hone.training.run import TrainResult
 
-    _hf_token(values["phase_02_train_opt_hf_token"])
+    pc: PipelineConfig = settings(values, PipelineConfig)
+    _hf_token(pc.train_hf_token)
     out = Path(out_dir)
-    flat = training_params(algorithm, values, str(Path(dataset_dir) / "train.jsonl"), str(out))
-    flat["resume_from"] = "auto"
+    data = str(Path(dataset_dir))  # the prepared directory: its train rows are used as they are
+    cfg = training_config(algorithm, values, data, str(out))
     notes = []
-    if values["phase_02_train_opt_use_liger"]:
+    if cfg.train.use_liger:
         notes.append("use_liger: hone's own chunked, fused LM-head cross-entropy is always on; Liger is not used")
     if launcher == "local":
-        if values["phase_02_train_man_workers"] > 1:
-            notes.append(f"phase_02_train_man_workers={values['phase_02_train_man_workers']} applies on a cluster; "
+        if pc.workers > 1:
+            notes.append(f"phase_02_train_man_workers={pc.workers} applies on a cluster; "
                          "this run trains on this machine")
-        cfg = RunConfig.from_flat(algorithm, flat, source="pipeline parameters")
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume_from": "auto"})})
         if run_config_hook:
             run_config_hook(cfg)
         result = run(cfg)
@@ -167,11 +133,13 @@ def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str |
                                 where="training stage", fix="stage the data on the workspace PVC")
         from hone.kube.submit import submit
 
+        flat = {**training_params(algorithm, values, data, str(out)), "resume_from": "auto"}
+        flat.pop("nproc_per_node", None)  # a TrainJob's processes per pod are the job's (job_options)
         sub = submit(algorithm, params=flat, job=job_options(values, pvc=pvc, pvc_path=pvc_path),
                      backend=submit_backend, wait=True, follow_logs=True,
                      on_log=lambda line: print(line, flush=True))
-        notes.append(f"TrainJob {sub.name} ({values['phase_02_train_man_workers']} workers)")
-        result_file = out / RESULT_FILE
+        notes.append(f"TrainJob {sub.name} ({pc.workers} workers)")
+        result_file = TrainingLayout(out).result
         if not result_file.is_file():
             raise HoneError(f"TrainJob {sub.name} finished without {result_file}", where="training stage",
                             fix=f"look at the job's logs: hone kube logs {sub.name}")
@@ -184,7 +152,7 @@ def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str |
     if result.final_model_dir is None:
         raise HoneError("training wrote no final model", where="training stage", fix="keep save_final_checkpoint on")
     rel = lambda p: str(Path(p).resolve().relative_to(out.resolve()))  # noqa: E731
-    summary = {"algorithm": algorithm, "base_model": values["phase_02_train_man_model"], "steps": result.steps,
+    summary = {"algorithm": algorithm, "base_model": cfg.train.model_path, "steps": result.steps,
                "epochs": result.epochs_completed, "first_loss": result.first_loss, "final_loss": result.final_loss,
                "samples_trained": result.samples_trained, "tokens_trained": result.tokens_trained,
                "train_seconds": round(result.elapsed_s, 2), "world_size": result.world_size,
@@ -193,7 +161,7 @@ def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str |
         summary["resumed_from"] = str(result.resumed_from)
     files = {"model": rel(result.final_model_dir), "metrics": rel(result.metrics_path),
              "loss_chart_png": rel(result.loss_chart_png), "loss_chart_html": rel(result.loss_chart_html),
-             "params": rel(result.params_path), "result": RESULT_FILE}
+             "params": rel(result.params_path), "result": TrainingLayout(out).result.name}
     return StageResult("training", summary, files)
 
 
@@ -211,81 +179,56 @@ def _mapped(given: Mapping[str, Any], table: Mapping[str, str], name: str) -> di
     return {table[k]: v for k, v in given.items()}
 
 
+def _eval_extra(pc: PipelineConfig) -> dict[str, Any]:
+    """The lm-eval style ``model_args`` / ``gen_kwargs`` mappings as :class:`EvalConfig` fields."""
+    return {**_mapped(pc.eval_model_args, EVAL_MODEL_ARGS, "phase_03_eval_opt_model_args"),
+            **_mapped(pc.eval_gen_kwargs, EVAL_GEN_KWARGS, "phase_03_eval_opt_gen_kwargs")}
+
+
 def check_evaluation(values: Mapping[str, Any]) -> None:
     """What the evaluation stage would refuse (task names, task directories, model/generation arguments,
     verbosity), checked in about a second: the runner calls it before training spends its time."""
     from hone.evaluation.harness import check_task_names
 
-    _mapped(values["phase_03_eval_opt_model_args"], EVAL_MODEL_ARGS, "phase_03_eval_opt_model_args")
-    _mapped(values["phase_03_eval_opt_gen_kwargs"], EVAL_GEN_KWARGS, "phase_03_eval_opt_gen_kwargs")
-    _log_level(values["phase_03_eval_opt_verbosity"])
-    include = [s.strip() for s in values["phase_03_eval_opt_include_path"].split(",") if s.strip()]
+    _eval_extra(settings(values, PipelineConfig))
+    ev = section_values(None, values, ("eval",))
     try:
-        check_task_names(values["phase_03_eval_man_tasks"], include)
+        check_task_names(ev["tasks"], ev["include_path"] or [])
     except HoneError as err:
-        raise _in_pipeline_terms(err) from None
-
-
-def _log_level(name: Any) -> int:
-    level = getattr(logging, str(name).upper(), None)
-    if not isinstance(level, int):
-        raise HoneError(f"unknown verbosity {name!r}", where="phase_03_eval_opt_verbosity",
-                        fix="use DEBUG, INFO, WARNING or ERROR")
-    return level
+        raise in_pipeline_terms(err) from None
 
 
 def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, dataset_dir: str | Path,
                      out_dir: str | Path) -> StageResult:
     """Evaluate the fine-tuned model (lm-eval tasks + the eval split) and compare it with its base model."""
-    from hone.config import EvalConfig
+    from hone.data.stage import EVAL_FILE
     from hone.evaluation import run_evaluation
 
-    _hf_token(values["phase_01_dataset_opt_hf_token"] or values["phase_02_train_opt_hf_token"])
-    logging.getLogger("lm-eval").setLevel(_log_level(values["phase_03_eval_opt_verbosity"]))
+    pc: PipelineConfig = settings(values, PipelineConfig)
+    _hf_token(pc.dataset_hf_token or pc.train_hf_token)
+    logging.getLogger("lm-eval").setLevel(getattr(logging, pc.eval_verbosity.upper()))
     training = StageResult.read(Path(training_dir))
-    eval_file = Path(dataset_dir) / "eval.jsonl"
+    eval_file = Path(dataset_dir) / EVAL_FILE
     has_eval = eval_file.is_file() and eval_file.stat().st_size > 0
-    limit = values["phase_03_eval_opt_limit"]
-    batch = values["phase_03_eval_opt_batch"]
-    include = [s.strip() for s in values["phase_03_eval_opt_include_path"].split(",") if s.strip()]
     kwargs = {
+        **section_values(None, values, ("eval",)),
         "model_path": str(Path(training_dir) / training.files["model"]), "output_dir": str(out_dir),
-        "base_model_path": values["phase_02_train_man_model"] if values["phase_03_eval_opt_compare_base"] else None,
-        "tasks": values["phase_03_eval_man_tasks"], "include_path": include,
-        "eval_data_path": str(eval_file) if has_eval else None, "limit": None if limit == -1 else limit,
-        "batch_size": batch if batch == "auto" else int(batch), "log_samples": values["phase_03_eval_opt_log_samples"],
-        "overwrite": True,
-        **_mapped(values["phase_03_eval_opt_model_args"], EVAL_MODEL_ARGS, "phase_03_eval_opt_model_args"),
-        **_mapped(values["phase_03_eval_opt_gen_kwargs"], EVAL_GEN_KWARGS, "phase_03_eval_opt_gen_kwargs"),
+        "base_model_path": values["phase_02_train_man_model"] if pc.compare_base else None,
+        "eval_data_path": str(eval_file) if has_eval else None, "overwrite": True, **_eval_extra(pc),
     }
-    if not kwargs["tasks"] and not include and not has_eval:
+    if not kwargs["tasks"] and not kwargs["include_path"] and not has_eval:
         raise HoneError("nothing to evaluate: no lm-eval task and an empty eval split", where="phase_03_eval_man_tasks",
                         fix="name lm-eval tasks, or set phase_01_dataset_man_data_split below 1")
     try:
         result = run_evaluation(EvalConfig.from_flat(kwargs))
     except HoneError as err:
-        raise _in_pipeline_terms(err) from None
+        raise in_pipeline_terms(err) from None
     summary: dict[str, Any] = {"metrics": result.metrics, "seconds": round(result.elapsed_s, 2),
                                "forgetting": result.forgetting}
     if result.base_metrics is not None:
         summary["base_metrics"] = result.base_metrics
     files = {str(k): str(k) for k in result.files}
     return StageResult("evaluation", summary, files)
-
-
-# `hone eval` flags named in evaluation errors -> the pipeline parameters a pipeline user sets instead
-EVAL_FLAGS = {"--tasks": "phase_03_eval_man_tasks", "--include-path": "phase_03_eval_opt_include_path",
-              "--limit": "phase_03_eval_opt_limit", "--batch-size": "phase_03_eval_opt_batch",
-              "--base": "phase_02_train_man_model", "--max-new-tokens": "phase_03_eval_opt_gen_kwargs"}
-
-
-def _in_pipeline_terms(err: HoneError) -> HoneError:
-    def swap(text: str | None) -> str | None:
-        for flag, name in EVAL_FLAGS.items():
-            text = text and text.replace(flag, name)
-        return text
-
-    return HoneError(err.what, where=swap(err.where), fix=swap(err.fix))
 
 
 # -- stage 4 ---------------------------------------------------------------------------------------------
@@ -297,20 +240,15 @@ def registration_stage(values: Mapping[str, Any], training_dir: str | Path, eval
     A Kubeflow Model Registry is used when ``phase_04_registry_man_address`` is set; otherwise ``registry``
     (a :class:`hone.config.RegistryConfig`, e.g. the embedded MLflow one of a local run) when given.
     """
-    from hone.config import RegistryConfig
     from hone.registry import register_model
 
     v = values
-    reg_values = {"registry_name": v["phase_04_registry_man_name"], "registry_version": v["phase_04_registry_man_version"],
-                  "registry_author": v["phase_04_registry_man_author"],
-                  "registry_description": v["phase_04_registry_opt_description"],
-                  "registry_format_name": v["phase_04_registry_opt_format_name"],
-                  "registry_format_version": v["phase_04_registry_opt_format_version"]}
-    if v["phase_04_registry_man_address"]:
-        cfg = RegistryConfig(registry_backend="kubeflow", registry_address=v["phase_04_registry_man_address"],
-                             registry_port=v["phase_04_registry_opt_port"], **reg_values)
-    elif registry is not None:
-        cfg = registry.model_copy(update=reg_values)
+    given: RegistryConfig = settings(values, RegistryConfig)
+    if given.registry_address:
+        cfg = given.model_copy(update={"registry_backend": "kubeflow"})
+    elif registry is not None:  # the local runner's registry, with the model's name, version, author...
+        own = section_values(None, values, ("registry",))
+        cfg = registry.model_copy(update={k: own[k] for k in own if k not in ("registry_address", "registry_port")})
     else:
         log.info("no model registry configured (phase_04_registry_man_address is empty): registration skipped")
         return StageResult("registration", {"model_id": SKIPPED, "reason": "no registry configured"})

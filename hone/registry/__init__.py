@@ -10,7 +10,7 @@ Two backends behind one interface (:class:`~hone.registry.base.Registry`), chose
 A registry that is disabled (``registry_backend=none``) or a Kubeflow registry with an empty address is
 skipped with a logged reason, as the seeds' pipeline does. Lineage (base model, dataset URI and SHA-256,
 algorithm and every hyperparameter, final loss, eval metrics, pipeline run, hone version) is recorded in
-both, and no secret ever is (:mod:`hone.registry.secrets`).
+both, and no secret ever is (:mod:`hone.secrets`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from hone.registry.lineage import Lineage, Source, build_lineage, parse_metadata
 
 if TYPE_CHECKING:
     from hone.config import RegistryConfig
-    from hone.registry.tracking import MLflowTracker
 
 log = logging.getLogger("hone")
 
@@ -98,12 +97,5 @@ def register_model(model_dir: str | Path | None, cfg: "RegistryConfig | None" = 
                         artifacts=[Path(p) for p in lineage.reports])
 
 
-def tracker_for(train_cfg: Any) -> "MLflowTracker | None":
-    """The MLflow tracker a training configuration asks for (``mlflow_*`` fields), or None."""
-    from hone.registry.tracking import MLflowTracker
-
-    return MLflowTracker.from_config(train_cfg)
-
-
 __all__ = ["Lineage", "ModelVersionInfo", "RegisteredModelInfo", "Registry", "Source", "build_lineage",
-           "hone_home", "open_registry", "parse_metadata", "parse_ref", "register_model", "tracker_for"]
+           "hone_home", "open_registry", "parse_metadata", "parse_ref", "register_model"]

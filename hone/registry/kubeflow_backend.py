@@ -31,12 +31,11 @@ from hone.errors import HoneError
 from hone.registry.base import (ModelVersionInfo, RegisteredModelInfo, RegistryBase, check_alias, check_name,
                                 check_version, duplicate, not_found, write_registry_record)
 from hone.registry.lineage import Scalar, Source, flatten
-from hone.registry.secrets import REDACTED, scrub_mapping, scrub_text, secret_env_values
+from hone.secrets import MODEL_REGISTRY_TOKEN_ENV, REDACTED, scrub_mapping, scrub_text, secret_env_values
 
 log = logging.getLogger("hone")
 
 ALIAS_PREFIX = "hone.alias."
-DEFAULT_TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
 SA_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 (a path, not a secret)
 CLIENT_PREFIX = "/api/model_registry/v1/"
 _INT32 = 999_999_999  # the contract's MetadataIntValue pattern allows at most 9 digits
@@ -115,7 +114,7 @@ class KubeflowRegistry(RegistryBase):
     backend = "kubeflow"
 
     def __init__(self, address: str, port: int = 8080, *, author: str = "hone", is_secure: bool | None = None,
-                 token_env: str | None = DEFAULT_TOKEN_ENV, token_file: str | None = None,
+                 token_env: str | None = MODEL_REGISTRY_TOKEN_ENV, token_file: str | None = None,
                  custom_ca: str | None = None, api_version: str = "v1alpha3", format_name: str = "pytorch",
                  format_version: str = "1.0"):
         if not address:
@@ -164,7 +163,7 @@ class KubeflowRegistry(RegistryBase):
             token = self.token()
             if self.secure and not token:
                 raise HoneError(f"a secure connection to the {self.where} needs a token", where="registry token",
-                                fix=f"set ${self.token_env or DEFAULT_TOKEN_ENV} or registry_token_file (e.g. "
+                                fix=f"set ${self.token_env or MODEL_REGISTRY_TOKEN_ENV} or registry_token_file (e.g. "
                                     "`oc whoami -t` output), or connect with registry_is_secure=false")
             if self.custom_ca and not Path(self.custom_ca).is_file():
                 raise HoneError(f"custom CA file not found: {self.custom_ca}", where="registry_custom_ca",

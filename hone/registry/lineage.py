@@ -3,7 +3,7 @@
 Both backends store the same flat mapping: MLflow as model-version tags (and run params/metrics), the Kubeflow
 Model Registry as custom properties. Keys follow the seeds' registry component: ``base_model``,
 ``training_<parameter>``, ``eval_<metric>``, ``pipeline_*``, plus ``dataset_uri``, ``dataset_sha256``,
-``algorithm`` and ``hone_version``. Every value goes through :mod:`hone.registry.secrets` first.
+``algorithm`` and ``hone_version``. Every value goes through :mod:`hone.secrets` first.
 """
 from __future__ import annotations
 
@@ -18,16 +18,14 @@ from typing import Any, Mapping, Union
 
 from hone.errors import HoneError
 from hone.io import content_sha256
-from hone.registry.secrets import REDACTED, scrub_mapping, scrub_text, secret_env_values
+from hone.layout import METRICS_FILE, PARAMS_FILE, RESULT_FILE, TrainingLayout
+from hone.secrets import REDACTED, scrub_mapping, scrub_text, secret_env_values
 
 log = logging.getLogger("hone")
 
 Scalar = Union[str, int, float, bool]
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_\-./: ]")
 
-PARAMS_FILE = "training_params.json"
-RESULT_FILE = "training_result.json"
-METRICS_FILE = "training_metrics.jsonl"
 # Where an evaluation stage may leave its results in a run directory (the explicit route is eval_results=).
 EVAL_CANDIDATES = ("eval", "evaluation", "eval_results.json")
 # Summary figures of training_result.json that become training_<name> metadata.
@@ -192,11 +190,8 @@ def find_run_dir(model_dir: str | Path | None) -> Path | None:
     """The training output directory a model directory belongs to (``<run>/hf_format/<name>``), if any."""
     if model_dir is None:
         return None
-    p = Path(model_dir).resolve()
-    for candidate in (p, *list(p.parents)[:3]):
-        if (candidate / PARAMS_FILE).is_file():
-            return candidate
-    return None
+    layout = TrainingLayout.of_model(model_dir)
+    return layout.root if layout else None
 
 
 def find_eval_results(run_dir: Path | None) -> Path | None:
@@ -225,7 +220,7 @@ def build_lineage(model_dir: str | Path | None = None, *, run_dir: str | Path | 
                   dataset_sha256: str | None = None) -> Lineage:
     """Collect the lineage of ``model_dir`` from its training run directory (found from the model directory
     when not given), evaluation results and explicit values (which win)."""
-    from hone import __version__
+    from hone.version import __version__
 
     run = Path(run_dir) if run_dir else find_run_dir(model_dir)
     if run_dir and not (Path(run_dir) / PARAMS_FILE).is_file():

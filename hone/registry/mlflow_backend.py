@@ -27,8 +27,9 @@ from typing import Any, Iterable, Iterator, Mapping
 from hone.errors import HoneError
 from hone.registry.base import (ModelVersionInfo, RegisteredModelInfo, RegistryBase, check_alias, check_name,
                                 check_version, duplicate, hone_home, not_found, write_registry_record)
-from hone.registry.lineage import METRICS_FILE, PARAMS_FILE, RESULT_FILE, Scalar, Source, flatten
-from hone.registry.secrets import scrub_mapping, scrub_text, secret_env_values
+from hone.layout import METRICS_FILE, PARAMS_FILE, RESULT_FILE, TrainingLayout
+from hone.registry.lineage import Scalar, Source, flatten
+from hone.secrets import scrub_mapping, scrub_text, secret_env_values
 
 log = logging.getLogger("hone")
 
@@ -473,11 +474,12 @@ def stage_artifacts(run_dir: Path | None, extra: Iterable[Path], staging: Path, 
     """Copy the run's charts and reports into ``staging`` (text files with every secret masked)."""
     files: list[tuple[Path, str]] = []
     if run_dir:
-        for name in ("loss_chart.png", "loss_chart.html", PARAMS_FILE, RESULT_FILE, METRICS_FILE):
-            if (run_dir / name).is_file():
-                files.append((run_dir / name, name))
-        if (run_dir / "data" / "report.json").is_file():
-            files.append((run_dir / "data" / "report.json", "data_report.json"))
+        run = TrainingLayout(run_dir)
+        for path in (run.loss_chart_png, run.loss_chart_html, run.params, run.result, run.metrics):
+            if path.is_file():
+                files.append((path, path.name))
+        if run.data_report.is_file():
+            files.append((run.data_report, "data_report.json"))
         for f in sorted(run_dir.iterdir()):
             if f.is_file() and ("report" in f.name or f.name.startswith("eval")) and all(f != s for s, _ in files):
                 files.append((f, f.name))

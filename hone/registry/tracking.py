@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from hone.registry.secrets import scrub_mapping, scrub_text, secret_env_values
+from hone.secrets import scrub_mapping, scrub_text, secret_env_values
 
 log = logging.getLogger("hone")
 
@@ -70,7 +70,7 @@ class MLflowTracker:
                 if self.run_id:
                     client.update_run(self.run_id, status="RUNNING")
             if self.run_id is None:
-                from hone import __version__
+                from hone.version import __version__
 
                 tags = {"hone_version": __version__}
                 if self.run_dir is not None:
@@ -154,11 +154,3 @@ class MLflowTracker:
             [exp_id], f"tags.`{RUN_DIR_TAG}` = '{self.run_dir}' and attributes.status != 'FINISHED'",
             max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0].info.run_id if runs else None
-
-
-def start_tracking(train_cfg: Any, params: Mapping[str, Any], *, resume: bool = False) -> MLflowTracker | None:
-    """``MLflowTracker.from_config`` + ``start`` in one call (``None`` when tracking is off)."""
-    tracker = MLflowTracker.from_config(train_cfg)
-    if tracker is not None:
-        tracker.start(params, resume=resume)
-    return tracker

@@ -13,7 +13,7 @@ def ui_command(registry, port: int = 5000) -> tuple[list[str], str]:
     """(argv of ``mlflow server`` on the registry's store, its URL). An MLflow server registry has its own UI:
     argv is then empty and the URL is the server's."""
     from hone.registry.mlflow_backend import MLflowRegistry
-    from hone.registry.secrets import scrub_text
+    from hone.secrets import scrub_text
 
     if not isinstance(registry, MLflowRegistry):
         raise HoneError("the UI is MLflow's: this registry is a Kubeflow Model Registry",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 import warnings
 from dataclasses import asdict, dataclass
@@ -21,10 +20,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from hone.errors import HoneError
+from hone.layout import STEP_DIR as _STEP_DIR
+from hone.layout import STEP_PREFIX, TrainingLayout
 from hone.training.distributed import DistEnv, barrier, unwrap
 
 COMPLETE = "COMPLETE"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TrainState:
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
-    return output_dir / "checkpoints"
+    return TrainingLayout(output_dir).checkpoints
 
 
 def is_complete(path: Path) -> bool:
@@ -98,7 +98,7 @@ def save_full_state(output_dir: Path, model, optimizer, scheduler, hooks, state:
                     keep_last: int = 2) -> Path:
     """Write a complete, resumable checkpoint of the current step (a collective: every rank calls it)."""
     root = checkpoints_dir(output_dir)
-    final = root / f"step_{state.global_step:08d}"
+    final = TrainingLayout(output_dir).full_state(state.global_step)
     tmp = root / f".{final.name}.tmp"
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,7 +128,7 @@ def _prune(root: Path, keep_last: int) -> None:
     done = sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name) and is_complete(p)), key=lambda p: p.name)
     for old in done[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".step_*.tmp"):
+    for stale in root.glob(f".{STEP_PREFIX}*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from hone.config import DistributedConfig
 from hone.errors import HoneError
+from hone.models.structure import block_modules, unwrap
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,6 @@ def split_among_ranks(indices: list[int], lengths: list[int], world_size: int) -
     return shares
 
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks, found from the model's own no-split module classes (no name guessing)."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:  # fall back to the largest ModuleList (the usual `layers` / `h` container)
-        lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-        layers = list(max(lists, key=len)) if lists else []
-    return layers
-
-
 def shard_model(model: torch.nn.Module, cfg: DistributedConfig, env: DistEnv, device: torch.device,
                 ) -> torch.nn.Module:
     """Wrap for data parallelism: FSDP2 per block and at the root, or DDP for NO_SHARD."""
@@ -103,7 +94,7 @@ def shard_model(model: torch.nn.Module, cfg: DistributedConfig, env: DistEnv, de
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if device.type == "cuda" else MixedPrecisionPolicy()
     reshard = cfg.fsdp_sharding_strategy != "SHARD_GRAD_OP"
-    for layer in decoder_layers(model):
+    for layer in block_modules(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     return model
@@ -114,16 +105,11 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (apply_activation_checkpointing as
                                                                              _apply, checkpoint_wrapper)
 
-    blocks = {id(m) for m in decoder_layers(model)}
+    blocks = {id(m) for m in block_modules(model)}
     if not blocks:
         raise HoneError("activation_checkpointing: no transformer blocks found in the model",
                         where="activation_checkpointing", fix="turn it off for this architecture")
     _apply(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: id(m) in blocks)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under a DDP wrapper (FSDP2 modifies the model in place and needs no unwrapping)."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def all_reduce_(tensor: torch.Tensor, env: DistEnv, op=None) -> torch.Tensor:

@@ -16,6 +16,11 @@ class AlgorithmHooks:
 
     name = "sft"
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> "AlgorithmHooks":
+        """Build the hooks from a resolved :class:`hone.config.RunConfig` (its own section is ``cfg.method``)."""
+        return cls()
+
     def validate(self) -> None:
         """Check the environment before anything is loaded (e.g. CUDA for 4-bit); raise HoneError."""
 

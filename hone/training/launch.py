@@ -19,7 +19,12 @@ import torch
 from hone.config import DistributedConfig, RunConfig
 from hone.errors import HoneError
 from hone.io import atomic_write_text
+from hone.layout import TrainingLayout
 from hone.training.distributed import under_torchrun
+
+
+# The process torchrun starts (the composition root beside hone.api): ``python -m hone.worker CONFIG``.
+WORKER_MODULE = "hone.worker"
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ def torchrun_command(plan: LaunchPlan, config_file: Path) -> list[str]:
     else:
         port = plan.master_port or (_free_port() if plan.nnodes == 1 else 29500)
         cmd += [f"--master_addr={plan.master_addr}", f"--master_port={port}"]
-    return cmd + ["-m", "hone.training.worker", str(config_file)]
+    return cmd + ["-m", WORKER_MODULE, str(config_file)]
 
 
 def launch(cfg: RunConfig, plan: LaunchPlan) -> int:
@@ -128,7 +133,7 @@ def launch(cfg: RunConfig, plan: LaunchPlan) -> int:
     Returns torchrun's exit status. The workers write every output (``training_result.json`` included).
     """
     out = Path(cfg.train.ckpt_output_dir)
-    config_file = atomic_write_text(out / ".hone-launch.json", json.dumps(cfg.to_flat(), indent=2))
+    config_file = atomic_write_text(TrainingLayout(out).launch_config, json.dumps(cfg.to_flat(), indent=2))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS",
                                                            str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))}
     proc = subprocess.Popen(torchrun_command(plan, config_file), env=env)

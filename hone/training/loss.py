@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from hone.data.tokenize import IGNORE
+from hone.models.structure import unwrap
 
 # Causal LMs whose forward is exactly ``lm_head(backbone(...).last_hidden_state)`` (no logit scaling or
 # soft-capping): only these are taken apart for the fused head.
@@ -216,20 +217,11 @@ def _global_hooks() -> bool:
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether ``model(..., logits_to_keep=positions)`` reaches a causal LM forward that slices by positions."""
-    inner = model
-    for _ in range(8):  # unwrap DDP / FSDP1 / torch.compile / peft wrappers
-        if hasattr(inner, "get_base_model") and callable(inner.get_base_model):
-            cfg = getattr(inner, "active_peft_config", None)
-            if cfg is not None and getattr(cfg, "is_prompt_learning", False):
-                return False  # virtual tokens shift the positions
-            inner = inner.get_base_model()
-        elif isinstance(getattr(inner, "module", None), torch.nn.Module):
-            inner = inner.module
-        elif isinstance(getattr(inner, "_orig_mod", None), torch.nn.Module):
-            inner = inner._orig_mod
-        else:
-            break
-    cls = type(inner)
+    outer = unwrap(model)  # under DDP / FSDP1 / torch.compile, a peft model (if any)
+    cfg = getattr(outer, "active_peft_config", None)
+    if cfg is not None and getattr(cfg, "is_prompt_learning", False):
+        return False  # virtual tokens shift the positions
+    cls = type(unwrap(outer, peft=True))
     if cls not in _KEEP_CACHE:
         try:
             _KEEP_CACHE[cls] = "logits_to_keep" in inspect.signature(cls.forward).parameters

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from hone.io import atomic_write_text
+from hone.layout import LOSS_CHART_HTML, LOSS_CHART_PNG
 
 
 class MetricsWriter:
@@ -72,12 +73,12 @@ def write_loss_charts(metrics: list[dict[str, Any]], out_dir: str | Path, title:
     ax2.set_ylabel("learning rate")
     fig.legend(loc="upper right", bbox_to_anchor=(0.88, 0.88))
     fig.tight_layout()
-    png = out / "loss_chart.png"
-    tmp = out / ".loss_chart.tmp.png"
+    png = out / LOSS_CHART_PNG
+    tmp = out / f".{png.stem}.tmp{png.suffix}"
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(png)
-    page = out / "loss_chart.html"
+    page = out / LOSS_CHART_HTML
     atomic_write_text(page, _html(metrics, title))
     return png, page
 

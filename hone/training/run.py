@@ -15,9 +15,11 @@ from typing import Any, Protocol
 import torch
 
 from hone.config import RunConfig
-from hone.data.prepare import DataReport, prepare_data
+from hone.data.prepare import prepare_data
+from hone.data.report import DatasetReport
 from hone.errors import HoneError
 from hone.io import atomic_write_text
+from hone.layout import PARAMS_FILE, RESULT_FILE, RUN_OUTPUTS, TrainingLayout  # noqa: F401  (re-exported)
 from hone.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype
 from hone.training.checkpoint import checkpoints_dir, latest_checkpoint, resolve_resume
 from hone.training.distributed import DistEnv, barrier, destroy, init_distributed, local_device, shard_model
@@ -27,12 +29,6 @@ from hone.training.metrics import read_metrics, write_loss_charts
 from hone.training.trainer import train
 
 log = logging.getLogger("hone")
-
-PARAMS_FILE = "training_params.json"
-RESULT_FILE = "training_result.json"
-# What a run writes into ckpt_output_dir; --overwrite removes exactly these, never anything else.
-RUN_OUTPUTS = ("hf_format", "data", "checkpoints", "training_metrics.jsonl", "loss_chart.png", "loss_chart.html",
-               PARAMS_FILE, RESULT_FILE, ".hone-launch.json")
 
 
 @dataclass
@@ -54,7 +50,7 @@ class TrainResult:
     samples_trained: int
     tokens_trained: int
     elapsed_s: float
-    data_report: DataReport
+    data_report: DatasetReport
     model_info: dict[str, Any] = field(default_factory=dict)
     status: str = "completed"  # or "preempted" (SIGTERM: a full-state checkpoint was written)
     resumed_from: Path | None = None
@@ -72,13 +68,13 @@ class TrainResult:
             if kw.get(k) is not None:
                 kw[k] = Path(kw[k])
         kw["checkpoints"] = [Path(p) for p in kw.get("checkpoints", [])]
-        kw["data_report"] = DataReport(**kw["data_report"])
+        kw["data_report"] = DatasetReport.from_json(kw["data_report"])
         return cls(**kw)
 
 
 def saved_params(cfg: RunConfig) -> dict[str, Any]:
     """The run's identity as written to training_params.json (a signed data URL loses its signature)."""
-    from hone.data.sources import redact_uri
+    from hone.secrets import redact_uri
 
     params = cfg.to_flat(include_volatile=False)
     params["data_path"] = redact_uri(params["data_path"])
@@ -93,7 +89,7 @@ def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
     if not out.is_dir():
         raise HoneError(f"output path exists and is not a directory: {out}", where="ckpt_output_dir",
                         fix="choose another ckpt_output_dir")
-    params = out / PARAMS_FILE
+    params = TrainingLayout(out).params
     if params.is_file():
         previous = json.loads(params.read_text())
         current = saved_params(cfg)
@@ -110,7 +106,7 @@ def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
             what = ""
         else:
             what = f"{out} holds a different run (differs in: {', '.join(diff[:8])})"
-    elif any(p.name != ".hone-launch.json" for p in out.iterdir()):
+    elif any(p != TrainingLayout(out).launch_config for p in out.iterdir()):
         what = f"{out} is not empty and holds no hone run"
     else:
         return
@@ -118,8 +114,7 @@ def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
         raise HoneError(what, where="ckpt_output_dir", fix="choose a new ckpt_output_dir, or pass --overwrite "
                         "(overwrite=True) to replace that run's outputs")
     if remove:
-        for name in RUN_OUTPUTS:
-            target = out / name
+        for target in TrainingLayout(out).outputs:
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
@@ -165,7 +160,7 @@ def _launch(cfg: RunConfig, plan) -> TrainResult:
     if code != 0:
         raise HoneError(f"distributed training failed (torchrun exit status {code})", where="the worker log above",
                         fix="read the first error printed by a worker")
-    result_file = out / RESULT_FILE
+    result_file = TrainingLayout(out).result
     if not result_file.is_file():  # other nodes see it only when ckpt_output_dir is shared (it must be)
         raise HoneError(f"training finished but {result_file} is not visible on node {plan.node_rank}",
                         where="ckpt_output_dir",
@@ -183,11 +178,14 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
 
     # Everything that can fail on the user's input fails here, before any weights are loaded.
     tokenizer = load_tokenizer(t.model_path, trust_remote_code=t.trust_remote_code)
-    data_dir = Path(cfg.data.data_output_dir) if cfg.data.data_output_dir else out / "data"
+    layout = TrainingLayout(out)
+    data_dir = Path(cfg.data.data_output_dir) if cfg.data.data_output_dir else layout.data
     data = prepare_data(cfg.data, tokenizer, data_dir if env.is_main else None, seed=t.seed)
-    params_path = out / PARAMS_FILE
+    params_path = layout.params
     if env.is_main:
         log.info("data: %s", data.report.summary())
+        if t.use_liger:
+            log.info("use_liger: hone's own chunked, fused LM-head cross-entropy is used; Liger kernels are not")
         atomic_write_text(params_path, json.dumps(saved_params(cfg), indent=2) + "\n")
 
     torch.manual_seed(t.seed)
@@ -211,10 +209,10 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
         raise
     final = summary.checkpoints[-1] if t.save_final_checkpoint and summary.checkpoints and not summary.preempted \
         else None
-    png, page = out / "loss_chart.png", out / "loss_chart.html"
+    png, page = layout.loss_chart_png, layout.loss_chart_html
     result = TrainResult(
         output_dir=out, final_model_dir=final,
-        checkpoints=summary.checkpoints, metrics_path=out / "training_metrics.jsonl", loss_chart_png=png,
+        checkpoints=summary.checkpoints, metrics_path=layout.metrics, loss_chart_png=png,
         loss_chart_html=page, params_path=params_path, data_dir=data_dir, steps=summary.steps,
         epochs_completed=summary.epochs_completed, first_loss=summary.first_loss, final_loss=summary.final_loss,
         samples_trained=summary.samples_seen, tokens_trained=summary.tokens_seen, elapsed_s=summary.elapsed_s,
@@ -225,7 +223,7 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
         metrics = read_metrics(result.metrics_path)
         if metrics:
             write_loss_charts(metrics, out, title=f"{hooks.name} training loss")
-        atomic_write_text(out / RESULT_FILE, json.dumps(result.to_json(), indent=2) + "\n")
+        atomic_write_text(layout.result, json.dumps(result.to_json(), indent=2) + "\n")
         if tracker:
             tracker.finish(result)
         if summary.preempted:

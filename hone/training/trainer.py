@@ -22,6 +22,7 @@ from hone.config import TrainConfig
 from hone.data.batching import PackedBatch, count_loss_tokens, epoch_steps, micro_batches, pack
 from hone.data.prepare import PreparedData
 from hone.data.tokenize import IGNORE, Tokenized
+from hone.layout import FINAL, TrainingLayout, epoch_name
 from hone.training.checkpoint import TrainState, load_full_state, save_full_state
 from hone.training.distributed import DistEnv, all_reduce_, barrier, full_state_dict, split_among_ranks, unwrap
 from hone.training.hooks import AlgorithmHooks
@@ -148,11 +149,12 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
         state = load_full_state(resume, model, optimizer, scheduler, hooks, env)
         state.world_size = env.world_size
         optimizer.zero_grad(set_to_none=True)
-    metrics_path = output_dir / "training_metrics.jsonl"
+    layout = TrainingLayout(output_dir)
+    metrics_path = layout.metrics
     if env.is_main and resume is not None:
         truncate_metrics(metrics_path, state.global_step)
     metrics = MetricsWriter(metrics_path, append=resume is not None) if env.is_main else None
-    hf_root = output_dir / "hf_format"
+    hf_root = layout.hf_root
     checkpoints: list[Path] = []
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"{hooks.name} training", unit="step",
                disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
@@ -204,8 +206,8 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
                     if epoch_done:
                         state.epoch, state.step_in_epoch = epoch + 1, 0
                         if cfg.checkpoint_at_epoch:
-                            checkpoints.append(save_hf(model, tokenizer, hooks, hf_root, f"epoch_{epoch + 1}", env))
-                    every = cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0
+                            checkpoints.append(save_hf(model, tokenizer, hooks, hf_root, epoch_name(epoch + 1), env))
+                    every = cfg.checkpoint_interval and state.global_step % cfg.checkpoint_interval == 0
                     preempted = stop.agreed(env, device)
                     if every or preempted or (epoch_done and cfg.accelerate_full_state_at_epoch):
                         save_full_state(output_dir, model, optimizer, scheduler, hooks, state, env,
@@ -215,7 +217,7 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
                 if preempted or state.global_step >= total_steps:
                     break
             if cfg.save_final_checkpoint and not preempted:
-                checkpoints.append(save_hf(model, tokenizer, hooks, hf_root, "final", env))
+                checkpoints.append(save_hf(model, tokenizer, hooks, hf_root, FINAL, env))
     finally:
         bar.close()
         if metrics:

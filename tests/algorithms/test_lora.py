@@ -11,11 +11,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 import hone
-from hone.algorithms.lora import LoRAHooks, adapter_dir, default_target_modules, transformer_blocks
+from hone.algorithms.lora import LoRAHooks, adapter_dir, default_target_modules
 from hone.config import LoRAConfig, RunConfig
 from hone.data.tokenize import IGNORE
 from hone.errors import HoneError
 from hone.models.load import load_model, load_tokenizer
+from hone.models.structure import transformer_blocks
 from hone.training.metrics import read_metrics
 from hone.training.run import run_training
 from qa_pairs import QA

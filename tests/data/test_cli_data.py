@@ -32,7 +32,7 @@ def test_check_with_tokenizer_json_and_format(tmp_path, tiny_model_dir, capsys):
                  "--format", "alpaca", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["format"] == "alpaca" and not report["format_detected"]
-    assert report["tokens"]["rows"] == 3 and report["tokens"]["over_max_seq_len"] == 3
+    assert report["token_lengths"]["rows"] == 3 and report["token_lengths"]["over_max_seq_len"] == 3
     assert main(["data", "check", str(f), "--tokenizer", str(tiny_model_dir)]) == 0
     assert "tokens:   p50" in capsys.readouterr().out
 

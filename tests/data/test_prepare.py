@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import pytest
 from transformers import AutoTokenizer
 
 from hone.config import DataConfig
 from hone.data.prepare import prepare_data
-from hone.data.records import read_records
+from hone.data.sources import read_records
 from hone.data.tokenize import IGNORE, tokenize_conversation, tokenize_document
 from hone.errors import HoneError
 
@@ -111,7 +110,7 @@ def test_too_long_rows_are_dropped_not_truncated(tmp_path, tok):
     assert [s.input_ids for s in data.samples] == [short.input_ids, short.input_ids]
     assert [s.labels for s in data.samples] == [short.labels, short.labels]
     r = data.report
-    assert (r.rows, r.samples, r.dropped_too_long, r.dropped_no_loss_tokens) == (3, 2, 1, 0)
+    assert (r.rows["train"], r.samples, r.dropped_too_long, r.dropped_no_loss_tokens) == (3, 2, 1, 0)
     assert r.dropped_examples == [f"{f}:2: {len(long.input_ids)} tokens > {len(short.input_ids)}"]
     assert r.tokens == 2 * len(short.input_ids)
     assert r.loss_tokens == 2 * short.num_loss_tokens
@@ -131,7 +130,7 @@ def test_rows_without_trainable_tokens_are_dropped(tmp_path, tok):
                                            {"messages": SHORT}])
     data = prepare_data(DataConfig(data_path=str(f), unmask_messages=True), tok)
     r = data.report
-    assert (r.rows, r.samples, r.dropped_too_long, r.dropped_no_loss_tokens) == (2, 1, 0, 1)
+    assert (r.rows["train"], r.samples, r.dropped_too_long, r.dropped_no_loss_tokens) == (2, 1, 0, 1)
     assert r.dropped_examples == [f"{f}:1: no trainable token"]
     assert data.samples[0] == tokenize_conversation(tok, SHORT, unmask_messages=True)
 
@@ -172,7 +171,7 @@ def test_processed_output_round_trips(tmp_path, tok):
     out = tmp_path / "out"
     first = prepare_data(DataConfig(data_path=str(f)), tok, output_dir=out)
     assert sorted(p.name for p in out.iterdir()) == ["data.jsonl", "report.json"]
-    assert json.loads((out / "report.json").read_text()) == asdict(first.report)
+    assert json.loads((out / "report.json").read_text()) == first.report.to_json()
     lines = (out / "data.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [{"input_ids": s.input_ids, "labels": s.labels}
                                                     for s in first.samples]

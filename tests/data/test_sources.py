@@ -11,9 +11,10 @@ import os
 import pytest
 
 from hone.config import DataConfig
-from hone.data.sources import choose_split, open_source, redact_uri
+from hone.data.sources import choose_split, open_source
 from hone.data.stage import check_dataset
 from hone.errors import HoneError
+from hone.secrets import redact_uri
 
 from datahelpers import CHAT, KEY_ID, SECRET, chat_rows, write_jsonl
 
@@ -295,7 +296,7 @@ def test_training_prepare_data_accepts_any_uri(s3, web, tiny_tokenizer, tmp_path
     first = [(s.input_ids, s.labels) for s in results[0].samples]
     for data in results:
         assert data.report.samples == 3 and [(s.input_ids, s.labels) for s in data.samples] == first
-        assert data.report.source_sha256 == hashlib.sha256(body).hexdigest()
+        assert data.report.sha256 == hashlib.sha256(body).hexdigest()
 
 
 def test_training_end_to_end_from_an_http_uri(web, tiny_model_dir, tmp_path):

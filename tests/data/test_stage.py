@@ -99,7 +99,7 @@ def test_token_lengths_and_rows_over_max_seq_len(tmp_path, tiny_tokenizer):
     expected = sorted(len(tokenize_conversation(tiny_tokenizer, r["messages"]).input_ids) for r in rows)
     limit = expected[-2]
     report = check_dataset(DataConfig(data_path=str(f), max_seq_len=limit), tiny_tokenizer, tokenizer_name="tiny")
-    t = report.tokens
+    t = report.token_lengths
     n = len(expected)
     assert t["rows"] == n and t["max"] == expected[-1] and t["tokenizer"] == "tiny"
     assert (t["p50"], t["p90"], t["p99"]) == tuple(expected[math.ceil(p / 100 * n) - 1] for p in (50, 90, 99))
@@ -107,7 +107,7 @@ def test_token_lengths_and_rows_over_max_seq_len(tmp_path, tiny_tokenizer):
     out = tmp_path / "out"
     prepared = prepare_dataset(DataConfig(data_path=str(f), max_seq_len=limit, train_split_ratio=1.0), out,
                                tiny_tokenizer, tokenizer_name="tiny")
-    assert prepared.tokens == report.tokens
+    assert prepared.token_lengths == report.token_lengths
 
 
 def test_parallel_tokenization_matches_sequential(tiny_tokenizer):
@@ -131,7 +131,7 @@ def test_check_with_tokenizer_needs_a_chat_template(tmp_path, tiny_model_dir):
     with pytest.raises(HoneError, match="no chat template"):
         check_dataset(DataConfig(data_path=str(f)), tok)
     docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": "A document."}])
-    assert check_dataset(DataConfig(data_path=str(docs)), tok).tokens["rows"] == 1
+    assert check_dataset(DataConfig(data_path=str(docs)), tok).token_lengths["rows"] == 1
 
 
 def test_training_split_writes_eval_rows(tmp_path, tiny_tokenizer):
@@ -140,6 +140,6 @@ def test_training_split_writes_eval_rows(tmp_path, tiny_tokenizer):
     f = write_jsonl(tmp_path / "d.jsonl", chat_rows(10))
     out = tmp_path / "data"
     data = prepare_data(DataConfig(data_path=str(f), train_split_ratio=0.8, subset=5), tiny_tokenizer, out)
-    assert data.report.rows == 4 and data.report.eval_rows == 1 and data.report.samples == 4
+    assert data.report.rows["train"] == 4 and data.report.eval_rows == 1 and data.report.samples == 4
     assert len(lines(out / "eval.jsonl")) == 1
-    assert data.report.data_format == "messages" and data.report.source == str(f)
+    assert data.report.format == "messages" and data.report.source == str(f)

@@ -5,7 +5,8 @@ import pytest
 
 from hone.errors import HoneError
 from hone.pipeline import params as P
-from hone.pipeline.stages import job_options, training_params
+from hone.pipeline.params import training_params
+from hone.pipeline.stages import job_options
 
 DATA = {P.DATA_URI: "data.jsonl"}
 
@@ -43,13 +44,19 @@ def test_resolve_coerces_text_and_accepts_upstream_aliases():
 
 
 @pytest.mark.parametrize("given, match", [
-    ({"phase_01_dataset_man_data_split": 1.5}, "must be in \\(0, 1\\]"),
-    ({"phase_02_train_man_train_batch": 0}, "at least 1"),
-    ({"phase_02_train_opt_num_procs": "many"}, "auto or a positive integer"),
+    ({"phase_01_dataset_man_data_split": 0}, "data_split: Input should be greater than 0"),
+    ({"phase_02_train_man_train_batch": 0}, "train_batch: Input should be greater than 0"),
+    ({"phase_02_train_man_gpu": 0}, "man_gpu: Input should be greater than or equal to 1"),
+    ({"phase_02_train_opt_num_procs": "many"}, "num_procs: Input should be a valid integer"),
     ({"phase_02_train_man_epochs": 1.5}, "expected an integer"),
     ({"phase_02_train_opt_save_epoch": "maybe"}, "expected true or false"),
-    ({"phase_03_eval_opt_limit": 0}, "-1 \\(no limit\\)"),
+    ({"phase_02_train_opt_lr_scheduler": "exponential"}, "lr_scheduler: Input should be 'cosine'"),
+    ({"phase_03_eval_opt_limit": 0}, "limit: Input should be greater than 0"),
+    ({"phase_03_eval_opt_batch": "0"}, "phase_03_eval_opt_batch"),
+    ({"phase_03_eval_opt_verbosity": "LOUD"}, "unknown verbosity 'LOUD'(.|\n)*where: phase_03_eval_opt_verbosity"),
     ({"phase_03_eval_opt_model_args": "{bad json"}, "JSON object"),
+    ({"phase_02_train_man_tokens": 100}, "phase_02_train_man_tokens \\(100\\) is smaller than "
+                                         "phase_02_train_opt_max_seq_len"),
 ])
 def test_resolve_rejects_bad_values(given, match):
     with pytest.raises(HoneError, match=match):
@@ -67,18 +74,22 @@ def test_token_values_are_redacted_in_errors_and_public_views():
 
 def test_training_params_map_onto_hone_names():
     v = P.resolve("osft", {**DATA, "phase_02_train_opt_save_samples": 300, "phase_02_train_man_train_batch": 128,
-                           "phase_02_train_opt_target_patterns": "q_proj, v_proj", "phase_02_train_man_gpu": 2})
+                           "phase_02_train_opt_target_patterns": "q_proj, v_proj", "phase_02_train_opt_num_procs": "2"})
     flat = training_params("osft", v, "d/train.jsonl", "out")
     assert flat["effective_batch_size"] == 128 and flat["max_tokens_per_gpu"] == 10000
-    assert flat["checkpoint_every_steps"] == 3  # 300 samples / 128 per step, rounded up
+    assert flat["save_samples"] == 300
     assert flat["target_patterns"] == ["q_proj", "v_proj"] and flat["unfreeze_rank_ratio"] == 0.25
-    assert flat["nproc_per_node"] == 2 and flat["learning_rate"] == 5e-6
+    assert flat["nproc_per_node"] == "2" and flat["learning_rate"] == 5e-6
+    assert "train_split_ratio" not in flat and "subset" not in flat  # the dataset stage applied them
     from hone.config import RunConfig
 
-    RunConfig.from_flat("osft", flat)  # every name is a real training parameter
+    cfg = RunConfig.from_flat("osft", flat)  # every name is a real training parameter
+    assert cfg.train.checkpoint_interval == 3  # 300 samples / 128 per step, rounded up
+    assert cfg.distributed.nproc_per_node == 2
     lora = training_params("lora", P.resolve("lora", {**DATA, "phase_02_train_opt_target_modules": "q_proj"}), "t", "o")
-    assert lora["lora_r"] == 16 and lora["target_modules"] == ["q_proj"] and "nproc_per_node" not in lora
-    RunConfig.from_flat("lora", lora)
+    assert lora["lora_r"] == 16 and lora["target_modules"] == ["q_proj"] and lora["nproc_per_node"] == "auto"
+    assert RunConfig.from_flat("lora", lora).lora.target_modules == ["q_proj"]
+    assert training_params("lora", P.resolve("lora", DATA), "t", "o")["target_modules"] is None  # "" = default
 
 
 def test_job_options_from_the_seed_defaults():
@@ -92,9 +103,45 @@ def test_job_options_from_the_seed_defaults():
 
 
 def test_evaluation_errors_name_pipeline_parameters():
-    from hone.pipeline.stages import _in_pipeline_terms
-
-    err = _in_pipeline_terms(HoneError("task missing", where="tasks (--tasks): arc_easy",
+    err = P.in_pipeline_terms(HoneError("task missing", where="tasks (--tasks): arc_easy",
                                        fix="pass a directory with --include-path"))
     assert err.where == "tasks (phase_03_eval_man_tasks): arc_easy"
     assert err.fix == "pass a directory with phase_03_eval_opt_include_path"
+
+
+def test_every_parameter_has_its_schema_fields_type_and_default_for_each_flavour():
+    """The table only declares names: types and defaults come from the schema and the algorithm table, and
+    every deliberate difference carries its reason."""
+    from hone.config import ALGORITHMS
+
+    for flavour in P.flavours():
+        algorithm = P.flavour_algorithm(flavour)
+        spec = ALGORITHMS[algorithm]
+        for p in P.params_for(flavour):
+            assert p.type is (p.codec.kfp_type or P.kfp_type_of(p.info.annotation)), p.name
+            default = p.default_for(algorithm)
+            if p.default is P._SCHEMA:
+                expected = spec.default(p.schema, p.field_name)
+                assert p.to_schema(default) == expected or (p.name == P.DATA_URI and default is None), p.name
+            else:
+                assert p.reason, f"{p.name}: a pipeline default that differs from the schema needs its reason"
+            if default is not None:
+                P.check_value(p, default, "default")  # every default passes the schema's own validation
+            assert p.help == p.info.description, p.name
+
+
+def test_each_stage_hashes_only_the_parameters_it_reads():
+    values = P.resolve("sft", DATA)
+    dataset = P.stage_params("dataset", values)
+    assert "phase_02_train_opt_max_seq_len" not in dataset  # the dataset stage does not tokenize
+    assert {"phase_01_dataset_man_data_split", "phase_02_train_opt_seed", P.DATA_URI} <= set(dataset)
+    training = P.stage_params("training", values)
+    assert "phase_02_train_opt_max_seq_len" in training and "phase_03_eval_man_tasks" not in training
+    assert "phase_02_train_man_model" in P.stage_params("evaluation", values)
+
+
+def test_docs_parameter_table_is_the_generated_one():
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "pipeline.md").read_text()
+    assert P.markdown_table() in docs, "regenerate it: hone pipeline params --markdown"

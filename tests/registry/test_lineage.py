@@ -12,7 +12,7 @@ from hone.errors import HoneError
 from hone.registry import build_lineage, open_registry, parse_metadata, parse_ref, register_model
 from hone.registry.kubeflow_backend import to_custom_properties
 from hone.registry.lineage import Source, flatten, read_eval_metrics
-from hone.registry.secrets import REDACTED, is_secret_key, scrub_mapping, scrub_text
+from hone.secrets import REDACTED, is_secret_key, scrub_mapping, scrub_text
 from reg_helpers import ALL_PLANTED, PLANTED_ENV, PLANTED_INLINE, assert_no_secret
 
 

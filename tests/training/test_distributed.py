@@ -91,7 +91,7 @@ def test_launch_precedence_arguments_then_pet_env_then_defaults(monkeypatch):
     assert (plan.nproc_per_node, plan.node_rank, plan.nnodes) == (2, 0, 2)
     cmd = torchrun_command(plan, "cfg.json")
     assert "--nnodes=2" in cmd and "--master_addr=trainer-node-0" in cmd and "--master_port=29400" in cmd
-    assert cmd[-3:] == ["-m", "hone.training.worker", "cfg.json"]
+    assert cmd[-3:] == ["-m", "hone.worker", "cfg.json"]
 
 
 def test_bad_launch_input():

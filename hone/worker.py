@@ -1,4 +1,7 @@
-"""Entry point of each process that hone starts under torchrun: ``python -m hone.training.worker CONFIG``."""
+"""Entry point of each process that hone starts under torchrun: ``python -m hone.worker CONFIG``.
+
+The composition root of a worker process: it sits beside :mod:`hone.api` (which knows the algorithms) so that
+the training layer never imports upward. :func:`hone.training.launch.torchrun_command` names this module."""
 from __future__ import annotations
 
 import json
