@@ -13,11 +13,24 @@ from typing import Any, ClassVar, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hone.errors import HoneError, suggest
+from hone.errors import HoneError, embedded, suggest
 from hone.secrets import MODEL_REGISTRY_TOKEN_ENV
 
 
-class Section(BaseModel):
+class HoneModel(BaseModel):
+    """A pydantic model whose validators' :class:`HoneError` reaches the caller as it was raised."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            inner = embedded(err)
+            if inner is not None:
+                raise inner from None
+            raise
+
+
+class Section(HoneModel):
     """A group of parameters. Unknown names are rejected by :meth:`RunConfig.from_flat`."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -53,12 +66,15 @@ class DataConfig(Section):
     unmask_messages: bool = Field(False, description="Train on every role except system (not only assistant turns).")
     use_processed_dataset: bool = Field(False, description="Rows already hold input_ids and labels.")
     is_pretraining: bool = Field(False, description="Rows are raw documents: tokenize, join with EOS, cut into blocks.")
-    block_size: int = Field(2048, gt=0, description="Tokens per block when is_pretraining.")
+    block_size: int | None = Field(None, gt=0, description="Tokens per block; required when is_pretraining.")
     document_column_name: str = Field("document", description="Column holding the text when is_pretraining.")
     data_output_dir: str | None = Field(None, description="Where processed data is written (default <ckpt_output_dir>/data).")
 
     @model_validator(mode="after")
     def _format_flags_agree(self) -> "DataConfig":
+        if self.is_pretraining and self.block_size is None:  # Training Hub raises here too
+            raise HoneError("is_pretraining=True needs block_size", where="parameters is_pretraining and block_size",
+                            fix="pass block_size (tokens per document block, e.g. 2048)")
         for flag, fmt in (("use_processed_dataset", "processed"), ("is_pretraining", "text")):
             if getattr(self, flag) and self.data_format not in ("auto", fmt):
                 raise HoneError(f"data_format={self.data_format!r} contradicts {flag}=True (which reads {fmt!r} rows)",
@@ -72,7 +88,10 @@ class TrainConfig(Section):
     # Not part of the run's identity; the MLflow URI may hold credentials, so it never reaches saved params.
     volatile: ClassVar[frozenset[str]] = frozenset({"overwrite", "progress", "resume_from", "log_sample_ids",
                                                     "mlflow_tracking_uri", "mlflow_experiment_name",
-                                                    "mlflow_run_name"})
+                                                    "mlflow_run_name", "wandb_project", "wandb_entity",
+                                                    "wandb_run_name", "tensorboard_log_dir", "callbacks", "backend"})
+    # live Python objects: passed to the run, never written to JSON (training_params.json, torchrun's config)
+    runtime_only: ClassVar[frozenset[str]] = frozenset({"callbacks"})
 
     model_path: str = Field(description="Base model: a local Hugging Face directory or a hub id.")
     ckpt_output_dir: str = Field(description="Output directory for checkpoints, metrics and charts.")
@@ -81,8 +100,13 @@ class TrainConfig(Section):
     learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate.")
     max_tokens_per_gpu: int = Field(10000, gt=0, description="Token budget of one micro-batch (padding-free).")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="Learning-rate schedule after warm-up.")
+    lr_scheduler: str = Field("cosine", description="Learning-rate schedule after warm-up: any transformers "
+                                                    "scheduler (cosine, linear, constant, constant_with_warmup, "
+                                                    "cosine_with_restarts, polynomial, inverse_sqrt, "
+                                                    "reduce_lr_on_plateau, cosine_with_min_lr, warmup_stable_decay).")
+    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the "
+                                                "scheduler (transformers' scheduler_specific_kwargs, e.g. "
+                                                "{\"num_cycles\": 2} or {\"min_lr_rate\": 0.1}).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (default: all epochs).")
     seed: int = Field(42, description="Random seed (shuffling, initialisation of new weights).")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
@@ -114,8 +138,53 @@ class TrainConfig(Section):
                           "or run name: the embedded store under $HONE_HOME.")
     mlflow_experiment_name: str | None = Field(None, description="MLflow experiment of the run (default hone).")
     mlflow_run_name: str | None = Field(None, description="MLflow run name.")
+    wandb_project: str | None = Field(None, description="Weights & Biases project: log the run there (wandb "
+                                                        "installed; WANDB_MODE=offline writes it locally).")
+    wandb_entity: str | None = Field(None, description="Weights & Biases team or user.")
+    wandb_run_name: str | None = Field(None, description="Weights & Biases run name.")
+    tensorboard_log_dir: str | None = Field(None, description="Write TensorBoard event files (loss, learning rate, "
+                                                              "grad norm, throughput) to this directory.")
+    callbacks: list[Any] | None = Field(None, description="TrainingHubCallback objects called at each point of the "
+                                                          "run (Python API only).")
+    backend: str | None = Field(None, description="Training Hub's backend name for this algorithm; accepted for "
+                                                  "compatibility: hone always trains with its own engine.")
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of the training rows held out to "
+                                    "measure validation loss (0 = none).")
+    validation_frequency: int | None = Field(None, gt=0, description="Measure validation loss every N optimizer "
+                                             "steps (default: at the end of each epoch).")
+    save_best_val_loss: bool = Field(False, description="Keep the checkpoint with the lowest validation loss in "
+                                                        "hf_format/best_model/.")
+    val_loss_improvement_threshold: float = Field(0.0, ge=0.0, description="A validation loss counts as better "
+                                                  "only when it drops by more than this.")
+    keep_last_checkpoint_only: bool = Field(False, description="Keep only the newest Hugging Face checkpoint in "
+                                                               "hf_format/ (older ones are removed).")
+    max_batch_len: int | None = Field(None, gt=0, description="instructlab-training's name for max_tokens_per_gpu.")
     overwrite: bool = Field(False, description="Replace an output directory that holds a different run.")
     progress: bool = Field(True, description="Show a progress bar.")
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _scheduler_name(cls, v: str) -> str:
+        from transformers.trainer_utils import SchedulerType  # the names get_scheduler accepts
+
+        names = [t.value for t in SchedulerType]
+        if v not in names:
+            hint = suggest(v, names)
+            raise HoneError(f"unknown lr_scheduler {v!r}" + (f": {hint}" if hint else ""), where="lr_scheduler",
+                            fix=f"use one of {', '.join(names)}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_batch_len(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_batch_len") is not None:
+            given = data.get("max_tokens_per_gpu")
+            if given is not None and given != data["max_batch_len"]:
+                raise HoneError(f"max_batch_len ({data['max_batch_len']}) and max_tokens_per_gpu ({given}) disagree: "
+                                "they are the same setting", where="parameters max_batch_len and max_tokens_per_gpu",
+                                fix="give one of them")
+            data = {**data, "max_tokens_per_gpu": data["max_batch_len"], "max_batch_len": None}
+        return data
 
     @property
     def checkpoint_interval(self) -> int | None:
@@ -141,13 +210,16 @@ class DistributedConfig(Section):
                           "$PET_NPROC_PER_NODE or 1.")
     nnodes: int | None = Field(None, gt=0, description="Number of nodes (default $PET_NNODES or 1).")
     node_rank: int | None = Field(None, ge=0, description="This node's rank (default $PET_NODE_RANK or 0).")
-    rdzv_id: str | None = Field(None, description="Rendezvous id shared by all nodes (c10d rendezvous).")
+    rdzv_id: str | int | None = Field(None, description="Rendezvous id shared by all nodes (c10d rendezvous).")
     rdzv_endpoint: str | None = Field(None, description="host:port of the c10d rendezvous (not with master_addr).")
     master_addr: str | None = Field(None, description="Address of rank 0 (static rendezvous; not with rdzv_endpoint).")
     master_port: int | None = Field(None, gt=0, lt=65536, description="Port of rank 0 (default 29500).")
     fsdp_sharding_strategy: Literal["FULL_SHARD", "HYBRID_SHARD", "SHARD_GRAD_OP", "NO_SHARD"] = Field(
         "FULL_SHARD", description="FSDP2 sharding when more than one process runs (NO_SHARD = DDP).")
     activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward.")
+    fsdp_options: dict[str, Any] | None = Field(None, description="Training Hub's FSDP options: sharding_strategy "
+                                                "(as fsdp_sharding_strategy), cpu_offload_params (offload parameters "
+                                                "and optimizer state to CPU).")
 
     @model_validator(mode="after")
     def _one_rendezvous(self) -> "DistributedConfig":
@@ -174,6 +246,10 @@ class OSFTConfig(Section):
         "uniform", description="uniform: the same ratio everywhere; adaptive: per layer from an importance score.")
     osft_svd_cache_dir: str | None = Field(
         None, description="Directory caching the SVD of the targets, keyed by a hash of the weights.")
+    osft: bool = Field(True, description="False: train every parameter (plain SFT through the OSFT entry point, as "
+                                         "mini-trainer does).")
+    osft_memory_efficient_init: bool = Field(False, description="Decompose the target matrices one at a time on the "
+                                             "CPU before moving them to the device (lower peak memory at start).")
 
 
 class LoRAConfig(Section):
@@ -203,7 +279,7 @@ class LoRAConfig(Section):
         return v
 
 
-class RunConfig(BaseModel):
+class RunConfig(HoneModel):
     """Everything one training run needs: the shared sections, plus the algorithm's own section (if it has
     one) as the attribute named after the algorithm (``cfg.osft``, ``cfg.lora``)."""
 
@@ -217,7 +293,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
-        budget = self.data.block_size if self.data.is_pretraining else self.data.max_seq_len
+        budget = (self.data.block_size or 0) if self.data.is_pretraining else self.data.max_seq_len
         if self.train.max_tokens_per_gpu < budget:
             name = "block_size" if self.data.is_pretraining else "max_seq_len"
             raise HoneError(
@@ -295,7 +371,8 @@ class RunConfig(BaseModel):
         out: dict[str, Any] = {"algorithm": self.algorithm}
         for name in self.sections(self.algorithm):
             section: Section = getattr(self, name)
-            for key, value in section.model_dump(mode="json").items():
+            runtime = getattr(section, "runtime_only", frozenset())
+            for key, value in section.model_dump(mode="json", exclude=set(runtime)).items():
                 if include_volatile or key not in section.volatile:
                     out[key] = value
         return out

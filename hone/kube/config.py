@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hone.config import HoneModel
 from hone.errors import HoneError, suggest
 from hone.secrets import HF_TOKEN_SECRET, KUBE_SECRETS, OCI_PULL_SECRET, S3_SECRET, is_secret_env
 
@@ -37,7 +38,7 @@ _COUNT = re.compile(r"^\d+$")
 _STANDARD_RESOURCES = ("gpu", "cpu", "memory", "ephemeral-storage", "storage")
 
 
-class SecretEnv(BaseModel):
+class SecretEnv(HoneModel):
     """An environment variable of the training pods filled from a Kubernetes Secret (secretKeyRef)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -145,7 +146,7 @@ def normalize_resources(resources: dict[str, Any] | None) -> dict[str, str]:
     return out
 
 
-class KubeJobConfig(BaseModel):
+class KubeJobConfig(HoneModel):
     """Everything about a TrainJob that is not the training configuration."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)

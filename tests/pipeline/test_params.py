@@ -50,7 +50,7 @@ def test_resolve_coerces_text_and_accepts_upstream_aliases():
     ({"phase_02_train_opt_num_procs": "many"}, "num_procs: Input should be a valid integer"),
     ({"phase_02_train_man_epochs": 1.5}, "expected an integer"),
     ({"phase_02_train_opt_save_epoch": "maybe"}, "expected true or false"),
-    ({"phase_02_train_opt_lr_scheduler": "exponential"}, "lr_scheduler: Input should be 'cosine'"),
+    ({"phase_02_train_opt_lr_scheduler": "exponential"}, "unknown phase_02_train_opt_lr_scheduler 'exponential'"),
     ({"phase_03_eval_opt_limit": 0}, "limit: Input should be greater than 0"),
     ({"phase_03_eval_opt_batch": "0"}, "phase_03_eval_opt_batch"),
     ({"phase_03_eval_opt_verbosity": "LOUD"}, "unknown verbosity 'LOUD'(.|\n)*where: phase_03_eval_opt_verbosity"),
