@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -50,6 +50,9 @@ class DataConfig(Section):
     data_format: Literal["auto", "messages", "conversations", "alpaca", "prompt_completion", "text", "processed"] = \
         Field("auto", description="Row layout; auto detects it (messages, ShareGPT conversations, Alpaca, "
                                   "prompt/completion, plain text, processed input_ids/labels).")
+    column_names: dict[str, str] = Field(default_factory=dict, description="Columns holding the format's fields "
+                                         "under other names, {field: column}: e.g. {\"instruction\": \"question\", "
+                                         "\"output\": \"answer\"} (alpaca); needs an explicit data_format.")
     split: str | None = Field(None, description="Split of a hub or save_to_disk dataset (default: train, train_sft, "
                                                 "train_gen, training, else the first).")
     subset: int = Field(0, ge=0, description="Use a seeded random sample of this many rows (0 = every row).")
@@ -70,8 +73,17 @@ class DataConfig(Section):
     document_column_name: str = Field("document", description="Column holding the text when is_pretraining.")
     data_output_dir: str | None = Field(None, description="Where processed data is written (default <ckpt_output_dir>/data).")
 
+    @field_validator("column_names", mode="before")
+    @classmethod
+    def _column_text(cls, v: Any) -> Any:  # the CLI passes a mapping as text
+        return {} if v is None else _json_mapping(v)
+
     @model_validator(mode="after")
     def _format_flags_agree(self) -> "DataConfig":
+        if self.column_names and self.data_format == "auto":
+            raise HoneError("column_names needs an explicit data_format (the format is detected from the standard "
+                            "field names)", where="parameters column_names and data_format",
+                            fix="set data_format, e.g. alpaca or messages")
         if self.is_pretraining and self.block_size is None:  # Training Hub raises here too
             raise HoneError("is_pretraining=True needs block_size", where="parameters is_pretraining and block_size",
                             fix="pass block_size (tokens per document block, e.g. 2048)")
@@ -92,6 +104,8 @@ class TrainConfig(Section):
                                                     "wandb_run_name", "tensorboard_log_dir", "callbacks", "backend"})
     # live Python objects: passed to the run, never written to JSON (training_params.json, torchrun's config)
     runtime_only: ClassVar[frozenset[str]] = frozenset({"callbacks"})
+    # Python API only (no CLI flag): live objects, and Training Hub's backend names
+    python_only: ClassVar[frozenset[str]] = frozenset({"callbacks", "backend"})
 
     model_path: str = Field(description="Base model: a local Hugging Face directory or a hub id.")
     ckpt_output_dir: str = Field(description="Output directory for checkpoints, metrics and charts.")
@@ -114,19 +128,20 @@ class TrainConfig(Section):
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables clipping).")
-    checkpoint_at_epoch: bool = Field(True, description="Save hf_format/epoch_<n>/ after each epoch.")
-    save_final_checkpoint: bool = Field(True, description="Save hf_format/final/ at the end.")
+    checkpoint_at_epoch: bool = Field(True, description="Save a Hugging Face checkpoint after each epoch: "
+                                      "hf_format/samples_<N>/ (N = samples seen), also reachable as epoch_<n>/.")
+    save_final_checkpoint: bool = Field(True, description="Save the model at the end: hf_format/samples_<N>/, "
+                                        "also reachable as hf_format/final/.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Parameter dtype: auto = float32 on CPU, bfloat16 on GPU.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository (off unless asked).")
     checkpoint_every_steps: int | None = Field(
         None, gt=0, description="Write a full-state (resumable) checkpoint every N optimizer steps.")
-    save_samples: int = Field(0, ge=0, description="Write a full-state (resumable) checkpoint every N training "
-                                                  "samples, rounded up to whole optimizer steps (0 = off; "
-                                                  "checkpoint_every_steps wins when both are set).")
-    use_liger: bool = Field(False, description="Accepted for Training Hub compatibility; hone's own chunked, fused "
-                                               "LM-head cross-entropy is always on and Liger kernels are not used.")
+    save_samples: int = Field(0, ge=0, description="Save a Hugging Face checkpoint hf_format/samples_<N>/ each time "
+                                                  "another N training samples have been seen (0 = off).")
+    use_liger: bool = Field(False, description="Liger kernels (RMSNorm, SwiGLU, RoPE) when liger-kernel and CUDA are "
+                                               "there; hone's own fused, chunked LM-head loss is used either way.")
     accelerate_full_state_at_epoch: bool = Field(
         False, description="Write a full-state (resumable) checkpoint at the end of every epoch.")
     keep_last_checkpoints: int = Field(2, gt=0, description="Full-state checkpoints kept on disk (oldest removed).")
@@ -144,21 +159,30 @@ class TrainConfig(Section):
     wandb_run_name: str | None = Field(None, description="Weights & Biases run name.")
     tensorboard_log_dir: str | None = Field(None, description="Write TensorBoard event files (loss, learning rate, "
                                                               "grad norm, throughput) to this directory.")
-    callbacks: list[Any] | None = Field(None, description="TrainingHubCallback objects called at each point of the "
-                                                          "run (Python API only).")
+    callbacks: list[Any] | None = Field(None, description="TrainingHubCallback objects (one or a list) called at each "
+                                                          "point of the run (Python API only).")
     backend: str | None = Field(None, description="Training Hub's backend name for this algorithm; accepted for "
                                                   "compatibility: hone always trains with its own engine.")
     validation_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of the training rows held out to "
                                     "measure validation loss (0 = none).")
+    validation_data_path: str | None = Field(None, description="Validation data read like data_path (same "
+                                             "format and settings) whose loss is measured; instead of "
+                                             "validation_split.")
     validation_frequency: int | None = Field(None, gt=0, description="Measure validation loss every N optimizer "
-                                             "steps (default: at the end of each epoch).")
-    save_best_val_loss: bool = Field(False, description="Keep the checkpoint with the lowest validation loss in "
-                                                        "hf_format/best_model/.")
+                                             "steps (required with validation data).")
+    save_best_val_loss: bool = Field(False, description="Save a checkpoint hf_format/samples_<N>_best_val_loss/ at "
+                                                        "each new lowest validation loss.")
     val_loss_improvement_threshold: float = Field(0.0, ge=0.0, description="A validation loss counts as better "
                                                   "only when it drops by more than this.")
-    keep_last_checkpoint_only: bool = Field(False, description="Keep only the newest Hugging Face checkpoint in "
-                                                               "hf_format/ (older ones are removed).")
+    keep_last_checkpoint_only: bool = Field(False, description="Write every Hugging Face checkpoint to "
+                                                               "hf_format/last_epoch/ (replacing the previous one).")
     max_batch_len: int | None = Field(None, gt=0, description="instructlab-training's name for max_tokens_per_gpu.")
+    micro_batch_max_samples: int | None = Field(None, gt=0, description="At most this many samples per micro-batch "
+                                                "(default: as many as max_tokens_per_gpu holds).")
+    validation_micro_batch_max_samples: int | None = Field(None, gt=0, description="The same cap for validation "
+                                                           "micro-batches.")
+    logging_steps: int = Field(1, gt=0, description="Write a metrics record every N optimizer steps (loss averaged "
+                                                    "over them; the last step is always written).")
     overwrite: bool = Field(False, description="Replace an output directory that holds a different run.")
     progress: bool = Field(True, description="Show a progress bar.")
 
@@ -186,14 +210,15 @@ class TrainConfig(Section):
             data = {**data, "max_tokens_per_gpu": data["max_batch_len"], "max_batch_len": None}
         return data
 
-    @property
-    def checkpoint_interval(self) -> int | None:
-        """Optimizer steps between full-state checkpoints (``checkpoint_every_steps``, else ``save_samples``)."""
-        if self.checkpoint_every_steps:
-            return self.checkpoint_every_steps
-        if self.save_samples:
-            return max(1, -(-self.save_samples // self.effective_batch_size))
-        return None
+    @field_validator("lr_scheduler_kwargs", mode="before")
+    @classmethod
+    def _no_kwargs(cls, v: Any) -> Any:
+        return {} if v is None else v  # Training Hub: None means no extra arguments
+
+    @field_validator("callbacks", mode="before")
+    @classmethod
+    def _one_callback(cls, v: Any) -> Any:
+        return [v] if v is not None and not isinstance(v, (list, tuple)) else v
 
 
 class DistributedConfig(Section):
@@ -220,6 +245,16 @@ class DistributedConfig(Section):
     fsdp_options: dict[str, Any] | None = Field(None, description="Training Hub's FSDP options: sharding_strategy "
                                                 "(as fsdp_sharding_strategy), cpu_offload_params (offload parameters "
                                                 "and optimizer state to CPU).")
+
+    @field_validator("fsdp_options", mode="before")
+    @classmethod
+    def _fsdp_options_object(cls, v: Any) -> Any:
+        """instructlab-training's ``FSDPOptions`` (a pydantic model, its enums) as a plain mapping."""
+        if v is not None and not isinstance(v, dict) and hasattr(v, "model_dump"):
+            v = v.model_dump()
+        if isinstance(v, dict):
+            v = {k: getattr(x, "value", x) if not isinstance(x, (str, bool, int, float)) else x for k, x in v.items()}
+        return v
 
     @model_validator(mode="after")
     def _one_rendezvous(self) -> "DistributedConfig":
@@ -248,12 +283,18 @@ class OSFTConfig(Section):
         None, description="Directory caching the SVD of the targets, keyed by a hash of the weights.")
     osft: bool = Field(True, description="False: train every parameter (plain SFT through the OSFT entry point, as "
                                          "mini-trainer does).")
-    osft_memory_efficient_init: bool = Field(False, description="Decompose the target matrices one at a time on the "
-                                             "CPU before moving them to the device (lower peak memory at start).")
+    osft_memory_efficient_init: bool = Field(False, description="Accepted for Training Hub scripts; no effect there "
+                                             "either (mini-trainer made memory-efficient initialization automatic). "
+                                             "hone decomposes one target matrix at a time anyway.")
 
 
 class LoRAConfig(Section):
-    """LoRA / QLoRA adapters through peft."""
+    """LoRA / QLoRA adapters through peft, plus Training Hub's lora_sft names for shared settings.
+
+    The Training Hub names default to None ("not given": Training Hub's default applies, as each description
+    says); :meth:`onto_shared` turns them into the shared settings (batch, dtype, checkpoints, validation, data
+    format) once the whole configuration is known.
+    """
 
     lora_r: int = Field(16, gt=0, description="Adapter rank.")
     lora_alpha: int = Field(32, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
@@ -263,6 +304,12 @@ class LoRAConfig(Section):
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     init_lora_weights: bool | str = Field(True, description="peft initialisation (true, false, gaussian, pissa, ...).")
+    rank_pattern: dict[str, int] | None = Field(None, description="Adapter rank per module name pattern (peft "
+                                                "rank_pattern, e.g. {\"q_proj\": 32}); others use lora_r.")
+    alpha_pattern: dict[str, int] | None = Field(None, description="lora_alpha per module name pattern (peft "
+                                                 "alpha_pattern).")
+    loftq_config: dict[str, Any] | None = Field(None, description="LoftQ initialisation settings; refused: LoftQ "
+                                                "rewrites the base weights (see docs/lora.md).")
     load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4 bit (needs CUDA and bitsandbytes).")
     load_in_8bit: bool = Field(False, description="Load the base in 8 bit (needs CUDA and bitsandbytes).")
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit quantisation type.")
@@ -270,6 +317,45 @@ class LoRAConfig(Section):
         "bfloat16", description="Compute dtype of 4-bit layers.")
     bnb_4bit_use_double_quant: bool = Field(True, description="Quantise the quantisation constants too.")
     save_merged: bool = Field(True, description="Also write the merged full model to hf_format/final/.")
+    finetune_vision_layers: bool | None = Field(None, description="Vision-language models: adapt the vision "
+                                                "encoder's linear layers too (default false; an error on a text model).")
+    finetune_language_layers: bool | None = Field(None, description="Adapt the language model's layers (default "
+                                                  "true).")
+    enable_model_splitting: bool | None = Field(None, description="Spread the model over every GPU of this "
+                                                "machine (device_map=balanced) in one process; needs 2+ GPUs.")
+    flash_attention: bool | None = Field(None, description="True: FlashAttention-2 kernels (CUDA and the "
+                                         "flash-attn package; else hone's per-sample SDPA, with a warning).")
+    tf32: bool | None = Field(None, description="TensorFloat-32 matmuls on CUDA (torch.backends.*.allow_tf32); "
+                              "default: PyTorch's setting. True needs a CUDA device.")
+    # Training Hub's names for shared settings (see onto_shared)
+    micro_batch_size: int | None = Field(None, gt=0, description="Samples per GPU per forward pass (default 2): "
+                                         "effective_batch_size = micro_batch_size x gradient_accumulation_steps "
+                                         "x processes when effective_batch_size is not given.")
+    gradient_accumulation_steps: int | None = Field(None, gt=0, description="Forward passes per optimizer step "
+                                                    "(default 1), in effective_batch_size as above.")
+    bf16: bool | None = Field(None, description="True: dtype=bfloat16; False (without fp16): float32. Default: "
+                              "dtype (auto = bfloat16 on GPU).")
+    fp16: bool | None = Field(None, description="True: dtype=float16 (not with bf16=True).")
+    sample_packing: bool | None = Field(None, description="Pack several samples per micro-batch (default true; "
+                                        "hone packs padding-free without cross-sample attention).")
+    save_steps: int | None = Field(None, gt=0, description="Resumable checkpoint every N optimizer steps "
+                                   "(default 500), as the trainer's checkpoint-<step>: checkpoint_every_steps.")
+    save_total_limit: int | None = Field(None, gt=0, description="Full-state checkpoints kept (default 3): "
+                                         "keep_last_checkpoints.")
+    save_model: bool | None = Field(None, description="Save the final model (default true): save_final_checkpoint.")
+    eval_data_path: str | None = Field(None, description="Validation data read like data_path (same format): "
+                                       "validation_data_path.")
+    eval_steps: int | None = Field(None, gt=0, description="Validation loss every N optimizer steps (default 500 "
+                                   "with eval_data_path): validation_frequency.")
+    per_device_eval_batch_size: int | None = Field(None, gt=0, description="Samples per GPU per validation "
+                                                   "forward pass.")
+    dataset_type: Literal["chat_template", "alpaca", "passthrough"] | None = Field(
+        None, description="Training Hub's row layout: chat_template (messages), alpaca (instruction/input/output) "
+                          "or passthrough (detected); default: detected from the rows.")
+    field_messages: str | None = Field(None, description="Column holding the messages (chat_template).")
+    field_instruction: str | None = Field(None, description="Column holding the instruction (alpaca).")
+    field_input: str | None = Field(None, description="Column holding the optional input (alpaca).")
+    field_output: str | None = Field(None, description="Column holding the output (alpaca).")
 
     @field_validator("init_lora_weights", mode="before")
     @classmethod
@@ -277,6 +363,135 @@ class LoRAConfig(Section):
         if isinstance(v, str) and v.lower() in ("true", "false"):
             return v.lower() == "true"
         return v
+
+    @field_validator("rank_pattern", "alpha_pattern", "loftq_config", mode="before")
+    @classmethod
+    def _json_text(cls, v: Any) -> Any:  # the CLI passes a mapping as JSON text
+        return _json_mapping(v)
+
+    @model_validator(mode="after")
+    def _applicable(self) -> "LoRAConfig":
+        if self.loftq_config is not None:
+            raise HoneError("loftq_config is not supported: LoftQ initialisation replaces the base weights, so the "
+                            "saved adapter would not apply to the original base model", where="parameter loftq_config",
+                            fix="drop loftq_config; for a quantized base use load_in_4bit (QLoRA)")
+        if self.bf16 and self.fp16:
+            raise HoneError("bf16=True and fp16=True: one dtype", where="parameters bf16 and fp16",
+                            fix="choose bf16 (bfloat16) or fp16 (float16)")
+        # a column name left at Training Hub's default is harmless where it does not apply (its own examples
+        # pass all four); a custom one that cannot apply is a mistake worth naming
+        alpaca = [f"field_{n}" for n in ("instruction", "input", "output") if getattr(self, f"field_{n}") not in (None, n)]
+        messages = ["field_messages"] * (self.field_messages not in (None, "messages"))
+        wrong = {"chat_template": alpaca, "alpaca": messages, "passthrough": alpaca + messages,
+                 None: alpaca if self.field_messages is not None else []}[self.dataset_type]
+        if wrong:
+            kind = self.dataset_type or "field_messages (chat_template)"
+            raise HoneError(f"{', '.join(wrong)} do(es) not apply to {kind} rows", where="parameters dataset_type "
+                            "and field_*", fix="field_messages goes with chat_template, field_instruction/input/output "
+                            "with alpaca; passthrough rows are read as they are")
+        return self
+
+    def onto_shared(self, cfg: "RunConfig") -> None:
+        """Set the shared settings that Training Hub's lora_sft names stand for (in ``cfg``, in place).
+
+        A setting given under both names must agree. Training Hub's defaults apply where neither is given.
+        """
+        t, d = cfg.train, cfg.data
+        train: dict[str, Any] = {}
+        data: dict[str, Any] = {}
+
+        def put(updates: dict, section: Section, name: str, value: Any, th: str) -> None:
+            if name in section.model_fields_set and getattr(section, name) != value:
+                raise HoneError(f"{th} means {name}={value!r}, but {name}={getattr(section, name)!r} was given",
+                                where=f"parameters {th.split('=')[0]} and {name}", fix="give one of them")
+            updates[name] = value
+
+        world = launch_world_size(cfg.distributed)
+        gas = self.gradient_accumulation_steps or 1
+        if "effective_batch_size" not in t.model_fields_set:
+            train["effective_batch_size"] = (self.micro_batch_size or 2) * gas * world
+        # Given effective_batch_size wins and micro_batch_size is derived from it, as in Training Hub (hone
+        # splits each step into micro-batches by token budget, so there is nothing else to derive)
+        batch = train.get("effective_batch_size", t.effective_batch_size)
+        micro = self.micro_batch_size or max(1, batch // (gas * world))  # Training Hub's per-device batch
+        if self.sample_packing is False:  # unpacked: the per-device batch is a sample count, as in TRL
+            put(train, t, "micro_batch_max_samples", micro, f"sample_packing=False with micro batch {micro}")
+        if self.per_device_eval_batch_size is not None:
+            put(train, t, "validation_micro_batch_max_samples", self.per_device_eval_batch_size,
+                f"per_device_eval_batch_size={self.per_device_eval_batch_size}")
+        elif self.sample_packing is False:
+            put(train, t, "validation_micro_batch_max_samples", micro, f"sample_packing=False with micro batch {micro}")
+        if self.bf16 is not None or self.fp16:
+            dtype = "bfloat16" if self.bf16 else "float16" if self.fp16 else "float32"
+            put(train, t, "dtype", dtype, f"bf16={self.bf16}, fp16={self.fp16}")
+        if self.save_steps is not None or "checkpoint_every_steps" not in t.model_fields_set:
+            steps = self.save_steps or 500  # TRL's checkpoint-<step>: weights, optimizer and scheduler
+            put(train, t, "checkpoint_every_steps", steps, f"save_steps={steps}")
+        if self.save_total_limit is not None or "keep_last_checkpoints" not in t.model_fields_set:
+            put(train, t, "keep_last_checkpoints", self.save_total_limit or 3, f"save_total_limit={self.save_total_limit or 3}")
+        if self.save_model is not None:
+            put(train, t, "save_final_checkpoint", self.save_model, f"save_model={self.save_model}")
+        if self.eval_data_path is not None:
+            if t.validation_split:
+                raise HoneError("eval_data_path and validation_split both choose validation data",
+                                where="parameters eval_data_path and validation_split", fix="give one of them")
+            put(train, t, "validation_data_path", self.eval_data_path, "eval_data_path")
+        if self.eval_steps is not None and not (self.eval_data_path or t.validation_data_path or t.validation_split):
+            raise HoneError(f"eval_steps={self.eval_steps} but there is no validation data",
+                            where="parameter eval_steps", fix="pass eval_data_path (or validation_split), or drop "
+                            "eval_steps")
+        if self.eval_steps is not None or (self.eval_data_path and "validation_frequency" not in t.model_fields_set):
+            put(train, t, "validation_frequency", self.eval_steps or 500, f"eval_steps={self.eval_steps or 500}")
+        if self.enable_model_splitting and world > 1:
+            raise HoneError(f"enable_model_splitting spreads one model copy over the GPUs of one process, but "
+                            f"{world} processes were asked for", where="parameters enable_model_splitting and "
+                            "nproc_per_node/nnodes", fix="use one process (nproc_per_node=1) with model splitting, "
+                            "or data parallelism (several processes) without it")
+        kind = self.dataset_type or ("chat_template" if self.field_messages else
+                                     "alpaca" if self.field_instruction or self.field_input or self.field_output else None)
+        if kind in ("chat_template", "alpaca"):
+            put(data, d, "data_format", "messages" if kind == "chat_template" else "alpaca", f"dataset_type={kind}")
+            columns = {n: getattr(self, f"field_{n}") for n in ("messages", "instruction", "input", "output")}
+            columns = {n: c for n, c in columns.items() if c is not None and c != n}
+            if columns:
+                put(data, d, "column_names", columns, "field_*")
+        if train:
+            cfg.train = TrainConfig(**{**{k: getattr(t, k) for k in t.model_fields_set}, **train})
+        if data:
+            cfg.data = DataConfig(**{**{k: getattr(d, k) for k in d.model_fields_set}, **data})
+
+
+def launch_world_size(dist: DistributedConfig) -> int:
+    """Processes of the run: WORLD_SIZE under torchrun, else nproc_per_node x nnodes as they will resolve."""
+    import os
+
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    nproc: Any = dist.nproc_per_node or os.environ.get("PET_NPROC_PER_NODE") or 1
+    if nproc in ("auto", "gpu"):
+        import torch
+
+        nproc = torch.cuda.device_count() or 1
+    nnodes = dist.nnodes or os.environ.get("PET_NNODES") or 1
+    return (int(nproc) if str(nproc).isdigit() else 1) * (int(nnodes) if str(nnodes).isdigit() else 1)
+
+
+def _json_mapping(v: Any) -> Any:
+    """A mapping given as text (CLI): JSON, or ``key=value,key=value``."""
+    if not isinstance(v, str):
+        return v
+    import json
+
+    text = v.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not valid JSON: {err}") from None
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError("expected JSON or key=value,key=value")
+    return {k.strip(): int(x) if x.strip().lstrip("-").isdigit() else x.strip() for k, x in pairs}
 
 
 class RunConfig(HoneModel):
@@ -293,6 +508,15 @@ class RunConfig(HoneModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
+        spec = get_algorithm(self.algorithm)
+        backend = self.train.backend
+        if backend is not None and backend not in spec.backends:
+            accepted = ", ".join(spec.backends) or "none"
+            raise HoneError(f"unknown backend {backend!r} for {self.algorithm}", where="backend",
+                            fix=f"use {accepted} (Training Hub's name; hone trains with its own engine either way), "
+                                "or leave backend out")
+        if spec.check is not None:
+            spec.check(self)
         budget = (self.data.block_size or 0) if self.data.is_pretraining else self.data.max_seq_len
         if self.train.max_tokens_per_gpu < budget:
             name = "block_size" if self.data.is_pretraining else "max_seq_len"
@@ -302,6 +526,14 @@ class RunConfig(HoneModel):
                 where=f"parameters max_tokens_per_gpu and {name}",
                 fix=f"raise max_tokens_per_gpu to at least {budget} or lower {name}",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _own_names_onto_shared(self) -> "RunConfig":
+        """An algorithm's section may stand for shared settings under its own names (LoRA: Training Hub's)."""
+        onto = getattr(self.method, "onto_shared", None)
+        if onto is not None:
+            onto(self)
         return self
 
     @property
@@ -610,6 +842,8 @@ class Algorithm:
     section: type[Section] | None = None  # its own parameters, reachable as cfg.<name>
     defaults: Mapping[str, Any] = dc_field(default_factory=dict)  # schema defaults it changes (Training Hub's)
     api: str | None = None  # its public Python function: hone.<api>
+    backends: tuple[str, ...] = ()  # Training Hub's backend names for it (accepted; hone runs its own engine)
+    check: Callable[["RunConfig"], None] | None = None  # cross-field checks of this algorithm (raise HoneError)
     pipeline: bool = True  # has the pipeline flavours <name> and <name>-minimal
     # defaults of pipeline-only settings (PipelineConfig and RegistryConfig fields; the registered model's
     # name defaults to "<name>-model")
@@ -652,15 +886,29 @@ def get_algorithm(name: str, where: str = "algorithm") -> Algorithm:
     return spec
 
 
+def _osft_checks(cfg: RunConfig) -> None:
+    # mini-trainer refuses this pair: pretraining documents have no turns to unmask
+    if cfg.data.is_pretraining and cfg.data.unmask_messages:
+        raise HoneError("is_pretraining=True and unmask_messages=True contradict each other", where="parameters "
+                        "is_pretraining and unmask_messages", fix="drop unmask_messages: pretraining trains every token")
+
+
 register_algorithm(Algorithm(
-    "sft", "Supervised fine-tuning of every parameter.", "hone.algorithms.sft:SFTHooks", api="sft"))
+    "sft", "Supervised fine-tuning of every parameter.", "hone.algorithms.sft:SFTHooks", api="sft",
+    backends=("instructlab-training",),
+    defaults={"accelerate_full_state_at_epoch": True}))  # instructlab-training's default
 register_algorithm(Algorithm(
     "osft", "Orthogonal Subspace Fine-Tuning: new skills without forgetting (frozen top singular directions; "
             "--unfreeze-rank-ratio sets the trainable fraction).", "hone.algorithms.osft:OSFTHooks", section=OSFTConfig, api="osft",
+    backends=("mini-trainer",), check=_osft_checks,
+    defaults={"checkpoint_at_epoch": False},  # mini-trainer's default: one checkpoint, at the end
     # the OpenShift AI OSFT pipeline's hardware defaults
     pipeline_defaults={"workers": 1, "cpu": "8", "memory": "32Gi"}))
 register_algorithm(Algorithm(
     "lora", "LoRA / QLoRA adapters through peft, with assistant-only loss; writes the adapter and the merged "
-            "model.", "hone.algorithms.lora:LoRAHooks",
-    section=LoRAConfig, api="lora_sft", defaults={"learning_rate": 2e-4},
+            "model.", "hone.algorithms.lora:LoRAHooks", backends=("unsloth",),
+    section=LoRAConfig, api="lora_sft",
+    # Training Hub's lora_sft (Unsloth backend, TRL SFTConfig; AdamW's beta2 is transformers' 0.999)
+    defaults={"num_epochs": 3, "max_seq_len": 2048, "learning_rate": 2e-4, "lr_scheduler": "linear",
+              "warmup_steps": 10, "weight_decay": 0.01, "max_grad_norm": 0.3, "beta2": 0.999},
     pipeline_defaults={"workers": 1, "memory": "32Gi"}))

@@ -5,9 +5,13 @@ Two layouts, both small frozen values over a root directory (nothing here touche
 :class:`TrainingLayout` — a training output directory (``ckpt_output_dir``)::
 
     <root>/
-      hf_format/final/            the final model (Hugging Face format)
-      hf_format/final_adapter/    LoRA: the adapter of ``final`` (peft format)
-      hf_format/epoch_<n>/        a model after each epoch (and ``epoch_<n>_adapter/`` with LoRA)
+      hf_format/samples_<N>/      a model after N training samples, as Training Hub's backends name it
+                                  (``samples_<N>.0`` for OSFT, as mini-trainer counts samples in a float;
+                                  ``last_epoch/`` instead with keep_last_checkpoint_only, as instructlab)
+      hf_format/samples_<N>_best_val_loss/   the model at a new lowest validation loss (save_best_val_loss)
+      hf_format/final, epoch_<n>  hone's names of the final and per-epoch models: relative links to the
+                                  ``samples_<N>`` directory holding them (the weights are written once)
+      hf_format/<name>_adapter/   LoRA: the adapter beside each model (``final_adapter`` for ``final``)
       checkpoints/step_<NNNNNNNN>/  full-state checkpoints (resumable)
       data/                       the processed data (unless ``data_output_dir`` is set): data.jsonl,
                                   eval.jsonl, report.json
@@ -16,6 +20,7 @@ Two layouts, both small frozen values over a root directory (nothing here touche
       training_result.json        where the outputs are and the headline figures (written last)
       loss_chart.png, loss_chart.html
       .hone-launch.json           the configuration handed to torchrun workers
+      .hone-callbacks.pkl         the run's callback objects, pickled for the torchrun workers
 
 :class:`PipelineLayout` — a local pipeline run directory::
 
@@ -36,12 +41,16 @@ from pathlib import Path
 HF_DIR = "hf_format"
 FINAL = "final"
 EPOCH_PREFIX = "epoch_"
+SAMPLES_PREFIX = "samples_"
+LAST_EPOCH = "last_epoch"  # instructlab's one directory, rewritten by every save, with keep_last_checkpoint_only
+BEST_VAL_LOSS_SUFFIX = "_best_val_loss"  # mini-trainer's suffix of a checkpoint saved at a new best validation loss
 ADAPTER_SUFFIX = "_adapter"
 DATA_DIR = "data"
 # inside the processed-data directory (written by hone.data.prepare)
 PROCESSED_SAMPLES_FILE = "data.jsonl"
 PROCESSED_EVAL_FILE = "eval.jsonl"
 PROCESSED_REPORT_FILE = "report.json"
+PROCESSED_VALIDATION_FILE = "validation.jsonl"  # the samples held out for validation loss (validation_split)
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step_"
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -51,9 +60,10 @@ RESULT_FILE = "training_result.json"
 LOSS_CHART_PNG = "loss_chart.png"
 LOSS_CHART_HTML = "loss_chart.html"
 LAUNCH_FILE = ".hone-launch.json"
+CALLBACKS_FILE = ".hone-callbacks.pkl"
 # Everything a run writes into its output directory; ``overwrite`` removes exactly these, never anything else.
 RUN_OUTPUTS = (HF_DIR, DATA_DIR, CHECKPOINTS_DIR, METRICS_FILE, LOSS_CHART_PNG, LOSS_CHART_HTML, PARAMS_FILE,
-               RESULT_FILE, LAUNCH_FILE)
+               RESULT_FILE, LAUNCH_FILE, CALLBACKS_FILE)
 # How far above a model directory its run directory may be (``<run>/hf_format/<name>``, and a little slack).
 _RUN_DEPTH = 3
 
@@ -77,7 +87,7 @@ class TrainingLayout:
         return self.root / HF_DIR
 
     def model(self, name: str) -> Path:
-        """The Hugging Face checkpoint ``name`` (``final``, ``epoch_<n>``)."""
+        """The Hugging Face checkpoint ``name`` (``final``, ``epoch_<n>``, ``samples_<N>``)."""
         return self.hf_root / name
 
     def adapter(self, name: str = FINAL) -> Path:
@@ -121,6 +131,11 @@ class TrainingLayout:
         return self.root / LAUNCH_FILE
 
     @property
+    def callbacks_payload(self) -> Path:
+        """The run's callbacks, pickled by the launcher for the torchrun workers (beside the launch config)."""
+        return self.root / CALLBACKS_FILE
+
+    @property
     def data(self) -> Path:
         """The processed data, unless the run names another directory (``data_output_dir``)."""
         return self.root / DATA_DIR
@@ -159,6 +174,13 @@ class TrainingLayout:
 
 def epoch_name(n: int) -> str:
     return f"{EPOCH_PREFIX}{n}"
+
+
+def samples_name(samples: int, *, float_spelling: bool = False, best_val_loss: bool = False) -> str:
+    """``samples_<N>`` as instructlab names a checkpoint, ``samples_<N>.0`` with ``float_spelling`` (mini-trainer,
+    OSFT's backend, counts samples in a float), with ``_best_val_loss`` for a new best validation loss."""
+    count = f"{float(samples)}" if float_spelling else f"{int(samples)}"
+    return f"{SAMPLES_PREFIX}{count}{BEST_VAL_LOSS_SUFFIX if best_val_loss else ''}"
 
 
 def step_name(step: int) -> str:

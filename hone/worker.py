@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from hone.errors import HoneError
 
@@ -15,11 +16,16 @@ from hone.errors import HoneError
 def main(argv: list[str]) -> int:
     from hone.api import run
     from hone.config import RunConfig
+    from hone.layout import TrainingLayout
+    from hone.training.callbacks import load_callbacks
 
     logging.basicConfig(level=logging.INFO, format="hone: %(message)s", stream=sys.stderr)
     params = json.loads(open(argv[0]).read())
     algorithm = params.pop("algorithm")
+    callbacks = TrainingLayout(Path(argv[0]).parent).callbacks_payload  # pickled by the launcher, if any
     try:
+        if callbacks.is_file():
+            params["callbacks"] = load_callbacks(callbacks)
         cfg = RunConfig.from_flat(algorithm, params, source=argv[0])
         run(cfg)
     except HoneError as err:

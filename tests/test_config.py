@@ -98,3 +98,44 @@ def test_saved_params_hold_no_volatile_switches():
     flat = RunConfig.from_flat("sft", {**PARAMS, "overwrite": True}).to_flat(include_volatile=False)
     assert "overwrite" not in flat and "progress" not in flat
     assert flat["learning_rate"] == 2e-5
+
+
+def test_pretraining_needs_block_size_like_training_hub():
+    with pytest.raises(ValueError, match="is_pretraining=True needs block_size"):  # a HoneError is a ValueError
+        RunConfig.from_flat("sft", {**PARAMS, "is_pretraining": True, "block_size": None})
+    assert RunConfig.from_flat("sft", {**PARAMS, "is_pretraining": True, "block_size": 512}).data.block_size == 512
+
+
+def test_training_hub_backend_names_and_osft_cross_checks():
+    assert RunConfig.from_flat("sft", {**PARAMS, "backend": "instructlab-training"}).train.backend == "instructlab-training"
+    with pytest.raises(HoneError, match="unknown backend 'mini-trainer' for sft"):
+        RunConfig.from_flat("sft", {**PARAMS, "backend": "mini-trainer"})
+    with pytest.raises(HoneError, match="is_pretraining=True and unmask_messages=True contradict"):
+        RunConfig.from_flat("osft", {**PARAMS, "unfreeze_rank_ratio": 0.5, "is_pretraining": True, "block_size": 256,
+                                     "unmask_messages": True})
+    cfg = RunConfig.from_flat("sft", {**PARAMS, "rdzv_id": 123, "max_batch_len": 4096, "max_seq_len": 1024,
+                                      "lr_scheduler": "cosine_with_restarts", "lr_scheduler_kwargs": {"num_cycles": 2}})
+    assert cfg.distributed.rdzv_id == 123 and cfg.train.max_tokens_per_gpu == 4096
+    with pytest.raises(HoneError, match="max_batch_len \\(4096\\) and max_tokens_per_gpu \\(8192\\) disagree"):
+        RunConfig.from_flat("sft", {**PARAMS, "max_batch_len": 4096, "max_tokens_per_gpu": 8192})
+    with pytest.raises(HoneError, match="unknown lr_scheduler 'cosin': did you mean 'cosine'"):
+        RunConfig.from_flat("sft", {**PARAMS, "lr_scheduler": "cosin"})
+
+
+def test_training_hub_defaults_per_function():
+    base = {k: v for k, v in PARAMS.items() if k != "checkpoint_at_epoch"}
+    sft = RunConfig.from_flat("sft", base).train
+    osft = RunConfig.from_flat("osft", {**base, "unfreeze_rank_ratio": 0.5}).train
+    assert sft.accelerate_full_state_at_epoch is True and sft.checkpoint_at_epoch is True  # instructlab-training
+    assert osft.accelerate_full_state_at_epoch is False and osft.checkpoint_at_epoch is False  # mini-trainer
+
+
+def test_every_parameter_name_belongs_to_one_section():
+    """Flat names (Python keywords, YAML keys, CLI flags) must say which setting they are."""
+    import collections
+
+    from hone.config import ALGORITHMS
+
+    for algorithm in ALGORITHMS:
+        names = collections.Counter(n for s in RunConfig.sections(algorithm).values() for n in s.model_fields)
+        assert [n for n, c in names.items() if c > 1] == [], algorithm

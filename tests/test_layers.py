@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "hone.training": 3,
     "hone.algorithms": 4,
     "hone.evaluation": 5, "hone.registry": 5, "hone.kube": 5,
-    "hone.api": 6, "hone.worker": 6,
+    "hone.api": 6, "hone.hub": 6, "hone.worker": 6,
     "hone.pipeline": 7,
     "hone": 8,
     # `python -m hone` runs the CLI, so it sits with it (at layer 8 it would import upward by necessity)

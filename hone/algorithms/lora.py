@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,26 @@ from hone.training.hooks import AlgorithmHooks
 SUPPORTED_INITS = (True, False, "gaussian", "orthogonal")
 # Entries of target_modules that mean "the default" (peft's spelling is accepted too).
 DEFAULT_TARGET_WORDS = ("all-linear", "all_linear")
+# A module of a vision-language model belongs to the vision side when a part of its name holds one of these
+# (vision_tower, vision_model, visual, image_encoder, ...), as Unsloth's finetune_vision_layers selects them.
+VISION_WORDS = ("vision", "visual", "image")
+
+log = logging.getLogger("hone")
+
+
+def is_vision_language(model: nn.Module) -> bool:
+    """Training Hub's test: a *ForConditionalGeneration architecture (not *ForCausalLM), else a vision_config."""
+    config = getattr(model, "config", None)
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForConditionalGeneration") for a in archs):
+        return True
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return False
+    return getattr(config, "vision_config", None) is not None
+
+
+def is_vision_module(name: str) -> bool:
+    return any(w in part for part in name.split(".") for w in VISION_WORDS)
 
 
 def _matches(module_name: str, entry: str) -> bool:
@@ -73,10 +95,11 @@ class LoRAHooks(AlgorithmHooks):
 
     @classmethod
     def from_config(cls, cfg: Any) -> "LoRAHooks":
-        return cls(cfg.lora)
+        return cls(cfg.lora, device=cfg.train.device)
 
-    def __init__(self, cfg: LoRAConfig | None = None):
+    def __init__(self, cfg: LoRAConfig | None = None, *, device: str = "auto"):
         self.cfg = cfg or LoRAConfig()
+        self.device = device  # the run's device setting (tf32 and model splitting need CUDA)
         self.target_modules: list[str] | None = None
         self._base_dtype: torch.dtype | None = None
 
@@ -116,6 +139,15 @@ class LoRAHooks(AlgorithmHooks):
                     where=f"parameter {flag}",
                     fix=f"run on a machine with an NVIDIA GPU and `pip install bitsandbytes`, or drop {flag} to "
                         "train plain LoRA on an unquantized base")
+        cuda = torch.cuda.is_available() and not self.device.startswith("cpu")
+        if c.tf32 and not cuda:
+            raise HoneError("tf32=True: TensorFloat-32 is a matmul mode of NVIDIA GPUs, and this run is on the CPU",
+                            where="parameter tf32", fix="drop tf32 (or set it False) on CPU, or run on a CUDA GPU")
+        if c.enable_model_splitting and (not cuda or torch.cuda.device_count() < 2):
+            raise HoneError(f"enable_model_splitting spreads the model over several GPUs; this machine has "
+                            f"{torch.cuda.device_count() if cuda else 0} usable", where="parameter "
+                            "enable_model_splitting", fix="drop enable_model_splitting, or run on a machine with "
+                            "2 or more CUDA GPUs (or use load_in_4bit to fit one GPU)")
         try:
             self.lora_config(["q_proj"])  # peft's own checks of r, alpha, dropout, DoRA, init...
         except (ValueError, TypeError) as err:
@@ -123,6 +155,19 @@ class LoRAHooks(AlgorithmHooks):
                             fix="correct the parameter named in the message") from None
 
     def load_kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.quantization_kwargs()
+        if self.cfg.flash_attention:
+            if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+                out["attn_implementation"] = "flash_attention_2"
+            else:  # Training Hub trains on without flash-attn too (Unsloth picks its own attention)
+                log.warning("flash_attention=True: FlashAttention-2 needs a CUDA GPU and the flash-attn package "
+                            "(pip install flash-attn); training with hone's per-sample SDPA instead, which "
+                            "likewise attends within each packed sample only")
+        if self.cfg.enable_model_splitting:
+            out["device_map"] = "balanced"  # one copy of the model spread over every visible GPU
+        return out
+
+    def quantization_kwargs(self) -> dict[str, Any]:
         if not self.quantization:
             return {}
         from transformers import BitsAndBytesConfig
@@ -144,11 +189,41 @@ class LoRAHooks(AlgorithmHooks):
             task_type=TaskType.CAUSAL_LM, r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
             target_modules=list(target_modules), use_rslora=c.use_rslora, use_dora=c.use_dora,
             init_lora_weights=c.init_lora_weights, bias="none",
+            rank_pattern=dict(c.rank_pattern or {}), alpha_pattern=dict(c.alpha_pattern or {}),
         )
 
     # -- after loading ---------------------------------------------------------------------------------------
     def resolve_target_modules(self, model: nn.Module) -> list[str]:
-        """The target_modules to give peft: the default, or the user's list with every entry checked."""
+        """The target_modules to give peft: the default or the user's list (every entry checked), and on a
+        vision-language model only the sides that finetune_language_layers / finetune_vision_layers choose."""
+        c = self.cfg
+        if not is_vision_language(model):
+            if c.finetune_vision_layers or c.finetune_language_layers is False:
+                flag = "finetune_vision_layers=True" if c.finetune_vision_layers else "finetune_language_layers=False"
+                raise HoneError(f"{flag}, but {type(model).__name__} is a text-only model: it has no vision layers, "
+                                "and its language layers are all it has", where=f"parameter {flag.split('=')[0]}",
+                                fix=f"drop {flag.split('=')[0]} (it applies to vision-language models)")
+            return self._targets(model)
+        vision, language = bool(c.finetune_vision_layers), c.finetune_language_layers is not False
+        if not (vision or language):
+            raise HoneError("finetune_vision_layers and finetune_language_layers are both off: nothing to adapt",
+                            where="parameters finetune_vision_layers and finetune_language_layers",
+                            fix="turn one of them on")
+        linear = linear_types()
+        if c.target_modules and not all(t.lower() in DEFAULT_TARGET_WORDS for t in c.target_modules):
+            chosen = self._targets(model)
+            names = [n for n, m in model.named_modules() if isinstance(m, linear) and any(_matches(n, t) for t in chosen)]
+        else:
+            names = [n for n, m in model.named_modules() if isinstance(m, linear)]
+            names = [n for n in names if is_vision_module(n)] + linear_layers(model)
+        names = list(dict.fromkeys(n for n in names if (vision if is_vision_module(n) else language)))
+        if not names:
+            raise HoneError(f"no linear layer of {type(model).__name__} is on the chosen side (vision: {vision}, "
+                            f"language: {language})", where="parameters finetune_vision_layers, "
+                            "finetune_language_layers and target_modules", fix="choose other modules or sides")
+        return names
+
+    def _targets(self, model: nn.Module) -> list[str]:
         given = self.cfg.target_modules
         if not given or all(t.lower() in DEFAULT_TARGET_WORDS for t in given):
             return default_target_modules(model)
@@ -171,6 +246,8 @@ class LoRAHooks(AlgorithmHooks):
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         self._base_dtype = model.dtype
+        if self.cfg.tf32 is not None and device is not None and device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.cfg.tf32
         targets = self.resolve_target_modules(model)
         if self.quantization:
             if device is not None and device.type != "cuda":
@@ -185,7 +262,19 @@ class LoRAHooks(AlgorithmHooks):
                             "(target_modules, lora_r, init_lora_weights, ...)",
                             fix="adapt linear layers only, and check the value named in the message") from None
         self.target_modules = sorted(peft_model.peft_config["default"].target_modules)
+        self._check_patterns(peft_model)
         return peft_model
+
+    def _check_patterns(self, model: nn.Module) -> None:
+        """Every rank_pattern / alpha_pattern key must match an adapted module (peft's rule), or it did nothing."""
+        from peft.tuners.lora import LoraLayer
+
+        adapted = [n for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+        for name in ("rank_pattern", "alpha_pattern"):
+            for key in getattr(self.cfg, name) or {}:
+                if not any(re.match(rf"(.*\.)?({key})$", n) for n in adapted):
+                    raise HoneError(f"{name} key {key!r} matches no adapted module", where=f"parameter {name}",
+                                    fix=f"use names of adapted modules, e.g. {', '.join(self.target_modules[:4])}")
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         if not hasattr(model, "get_nb_trainable_parameters"):

@@ -257,6 +257,10 @@ class OSFTHooks(AlgorithmHooks):
     # -- preparing the model -----------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module, *, data=None, device: torch.device | None = None) -> nn.Module:
         self.validate()
+        if not self.cfg.osft:  # mini-trainer's osft=False: plain full fine-tuning through the OSFT entry point
+            log.info("osft=False: every parameter trains (plain SFT); unfreeze_rank_ratio and target_patterns unused")
+            self.targets, self._prepared = [], True
+            return model
         u = self.cfg.unfreeze_rank_ratio
         chosen = select_targets(model, self.cfg.target_patterns)
         block_names = transformer_blocks(model)

@@ -49,7 +49,8 @@ def _option(name: str, info: FieldInfo, algorithm: str) -> Callable:
 def parameter_options(algorithm: str) -> Callable:
     """Decorator adding one option per parameter of ``algorithm`` (values default to None = not given)."""
     def decorate(fn: Callable) -> Callable:
-        fields = [(n, i) for s in RunConfig.sections(algorithm).values() for n, i in s.model_fields.items()]
+        fields = [(n, i) for s in RunConfig.sections(algorithm).values() for n, i in s.model_fields.items()
+                  if n not in getattr(s, "python_only", ())]
         fields.sort(key=lambda f: f[0] not in ALIASES)  # --model, --data, --output first
         for name, info in reversed(fields):
             fn = _option(name, info, algorithm)(fn)
@@ -59,6 +60,7 @@ def parameter_options(algorithm: str) -> Callable:
 
 def given(values: dict[str, Any], algorithm: str) -> dict[str, Any]:
     """Only the parameters the user actually passed."""
-    names = RunConfig.parameter_names(algorithm)
+    sections = RunConfig.sections(algorithm).values()
+    names = {n for s in sections for n in s.model_fields if n not in getattr(s, "python_only", ())}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
             if k in names and v is not None and v != ()}

@@ -16,9 +16,11 @@ def epoch_steps(num_samples: int, effective_batch_size: int, *, seed: int, epoch
     return [order[i:i + effective_batch_size] for i in range(0, num_samples, effective_batch_size)]
 
 
-def micro_batches(indices: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Split one step's samples into as few micro-batches of at most ``max_tokens`` tokens as first-fit
-    decreasing finds (the loss is normalised per step, so how a step is split does not change the update)."""
+def micro_batches(indices: list[int], lengths: list[int], max_tokens: int,
+                  max_samples: int | None = None) -> list[list[int]]:
+    """Split one step's samples into as few micro-batches of at most ``max_tokens`` tokens (and at most
+    ``max_samples`` samples, when given) as first-fit decreasing finds (the loss is normalised per step, so how
+    a step is split does not change the update)."""
     bins: list[list[int]] = []
     room: list[int] = []
     for i in sorted(indices, key=lambda i: -lengths[i]):
@@ -26,7 +28,7 @@ def micro_batches(indices: list[int], lengths: list[int], max_tokens: int) -> li
         if n > max_tokens:
             raise ValueError(f"sample of {n} tokens exceeds max_tokens_per_gpu={max_tokens}")
         for b, free in enumerate(room):
-            if n <= free:
+            if n <= free and (max_samples is None or len(bins[b]) < max_samples):
                 bins[b].append(i)
                 room[b] -= n
                 break

@@ -23,6 +23,12 @@ FORMATS: dict[str, str] = {
     "text": "{'<document_column_name>' or 'text': '...'} (plain text, pretraining)",
     "processed": "{'input_ids': [...], 'labels': [...]} (already tokenized)",
 }
+# every field a layout reads (what column_names may map)
+FIELDS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",), "conversations": ("conversations", "system"),
+    "alpaca": ("instruction", "input", "output", "system"), "prompt_completion": ("prompt", "completion", "system"),
+    "text": (), "processed": ("input_ids", "labels"),
+}
 ALIASES = {"sharegpt": "conversations", "chat": "messages", "pretraining": "text", "instruction": "alpaca",
            "prompt-completion": "prompt_completion", "tokenized": "processed"}
 
@@ -45,8 +51,22 @@ class FormatSpec:
     text_column: str = "text"
     unmask_messages: bool = False
     detected: bool = False
+    columns: tuple[tuple[str, str], ...] = ()  # (field, the column that holds it) where they differ
+
+    def __post_init__(self) -> None:
+        unknown = [f for f, _ in self.columns if f not in FIELDS[self.name]]
+        if unknown:
+            from hone.errors import HoneError
+
+            raise HoneError(f"column_names names {', '.join(map(repr, unknown))}, which {self.name} rows do not "
+                            "have", where="column_names (field_* of lora)",
+                            fix=f"map fields of {self.name} rows: {', '.join(FIELDS[self.name]) or 'none'}")
 
     def required_columns(self) -> list[str]:
+        cols = dict(self.columns)
+        return [cols.get(f, f) for f in self._required()]
+
+    def _required(self) -> list[str]:
         return {"messages": ["messages"], "conversations": ["conversations"], "alpaca": ["instruction", "output"],
                 "prompt_completion": ["prompt", "completion"], "text": [self.text_column],
                 "processed": ["input_ids", "labels"]}[self.name]
@@ -56,9 +76,22 @@ class FormatSpec:
         if not isinstance(row, dict):
             raise RowError("not_an_object", f"row is a {type(row).__name__}, expected a JSON object "
                            f"({FORMATS[self.name]})")
-        out = _CONVERTERS[self.name](row, self)
+        out = _CONVERTERS[self.name](self._renamed(row) if self.columns else row, self)
         if self.name != "processed":
-            check_messages(out, unmask_messages=self.unmask_messages)
+            check_messages(out, unmask_messages=self.unmask_messages or out.get("unmask") is True)
+        return out
+
+    def _renamed(self, row: dict) -> dict:
+        """The row with each mapped column under its field's name (a column named like a mapped field is not read)."""
+        cols = dict(self.columns)
+        out = {k: v for k, v in row.items() if k not in cols and k not in cols.values()}
+        for f, col in cols.items():
+            if col in row:
+                out[f] = row[col]
+            elif f in self._required():
+                keys = ", ".join(sorted(map(str, row))) or "none"
+                raise RowError("missing_field", f"row has no {col!r} field (the column given for {f!r}; keys: "
+                               f"{keys})", col)
         return out
 
 
@@ -156,7 +189,15 @@ def _messages(row: dict, spec: FormatSpec) -> dict:
         # OpenAI's legacy 'function' role is a tool result
         msgs = [m if not isinstance(m, dict) else {**_clean(m), "role": "tool"} if m.get("role") == "function"
                 else _clean(m) for m in msgs]
-    return {"messages": msgs} if "messages" in row else dict(row)  # check_messages explains a missing field
+    if "messages" not in row:
+        return dict(row)  # check_messages explains a missing field
+    unmask = row.get("unmask")
+    if unmask is None:
+        return {"messages": msgs}
+    if not isinstance(unmask, bool):
+        raise RowError("wrong_type", f"unmask is {type(unmask).__name__}, expected true or false", "unmask")
+    # instructlab-training's per-row switch: this conversation trains on every non-system turn
+    return {"messages": msgs, "unmask": unmask} if unmask else {"messages": msgs}
 
 
 def _conversations(row: dict, spec: FormatSpec) -> dict:

@@ -57,7 +57,8 @@ def _tokenize_row(row: dict[str, Any] | str) -> tuple[Tokenized, bool]:
         row = json.loads(row)
     if "input_ids" in row:
         return Tokenized(row["input_ids"], row["labels"]), False
-    return tokenize_conversation(_STATE["tokenizer"], row["messages"], unmask_messages=_STATE["unmask"],
+    unmask = _STATE["unmask"] or row.get("unmask") is True  # the row's own "unmask" (instructlab-training)
+    return tokenize_conversation(_STATE["tokenizer"], row["messages"], unmask_messages=unmask,
                                  special_ids=_STATE["special"]), True
 
 

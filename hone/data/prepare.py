@@ -16,8 +16,10 @@ Both give the same samples for the same settings. Tokenizing masks labels and us
 from __future__ import annotations
 
 import json
+import math
+import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from hone.data.stage import PREPARE_CMD, is_prepared_dir, open_prepared, split_s
 from hone.data.tokenize import IGNORE, Tokenized, check_chat_tokenizer
 from hone.errors import HoneError
 from hone.io import atomic_write_text
+from hone.layout import PROCESSED_SAMPLES_FILE, PROCESSED_VALIDATION_FILE
 
 MAX_ERRORS_SHOWN = 10
 PARALLEL_MIN_ROWS = 2000  # below this, forking workers costs more than it saves
@@ -41,14 +44,29 @@ SKIP_INVALID_HINT = f"; or leave invalid rows out with `{PREPARE_CMD} --skip-inv
 class PreparedData:
     samples: list[Tokenized]
     report: DatasetReport
+    validation: list[Tokenized] = field(default_factory=list)  # held out for validation loss (validation_split)
 
     @property
     def lengths(self) -> list[int]:
         return [len(s.input_ids) for s in self.samples]
 
 
+def hold_out(samples: list[Tokenized], fraction: float, *, seed: int) -> tuple[list[Tokenized], list[Tokenized]]:
+    """(train, validation): a seeded random ``fraction`` of the samples (rounded up, as ``datasets``'
+    ``train_test_split`` does) held out; both keep the samples' order."""
+    if fraction <= 0:
+        return samples, []
+    n_val = math.ceil(fraction * len(samples))
+    if n_val >= len(samples):
+        raise HoneError(f"validation_split={fraction} leaves no training sample ({len(samples)} samples)",
+                        where="validation_split", fix="lower validation_split or add data")
+    held = set(random.Random(seed).sample(range(len(samples)), n_val))
+    return ([s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held])
+
+
 def prepare_data(cfg: DataConfig, tokenizer, output_dir: str | Path | None = None, *, seed: int = 42,
-                 num_workers: int | None = None) -> PreparedData:
+                 num_workers: int | None = None, validation_split: float = 0.0,
+                 validation_data_path: str | None = None) -> PreparedData:
     """``cfg.data_path`` -> canonical train rows -> tokenized samples, dropping what cannot be trained; report.
 
     A prepared directory (see the module docstring) is read as it is: ``subset`` and ``train_split_ratio`` must
@@ -57,9 +75,14 @@ def prepare_data(cfg: DataConfig, tokenizer, output_dir: str | Path | None = Non
     without ``dataset_report.json`` is a plain data directory (an interrupted prepare is an error:
     :func:`hone.data.stage.is_prepared_dir`).
 
+    ``validation_split`` holds a seeded fraction of the tokenized samples out of training (:func:`hold_out`),
+    as Training Hub's backends split their processed data, to measure validation loss; or
+    ``validation_data_path`` names other data, read and tokenized with the same settings (every row).
+
     When ``output_dir`` is given the processed samples (``data.jsonl``) and ``report.json`` (the
     :class:`DatasetReport`, with the sample counts) are written there, and, when the split of a source leaves
-    an eval part, ``eval.jsonl`` (canonical rows; a prepared directory has its own).
+    an eval part, ``eval.jsonl`` (canonical rows; a prepared directory has its own); the held-out validation
+    samples go to ``validation.jsonl``.
     """
     eval_lines: list[str] = []
     if is_prepared_dir(cfg.data_path):
@@ -80,9 +103,13 @@ def prepare_data(cfg: DataConfig, tokenizer, output_dir: str | Path | None = Non
             report = split.report(cfg, seed=seed)
             chat = split.scan.chat_rows > 0
     samples = tokenize_samples(train, cfg, tokenizer, report, chat=chat, num_workers=num_workers)
+    samples, validation = hold_out(samples, validation_split, seed=seed)
+    if validation_data_path is not None:
+        other = cfg.model_copy(update={"data_path": validation_data_path, "subset": 0, "train_split_ratio": 1.0})
+        validation = prepare_data(other, tokenizer, seed=seed, num_workers=num_workers).samples
     if output_dir is not None:
-        write_processed(samples, report, output_dir, eval_rows=eval_lines)
-    return PreparedData(samples, report)
+        write_processed(samples, report, output_dir, eval_rows=eval_lines, validation=validation)
+    return PreparedData(samples, report, validation)
 
 
 def tokenize_samples(train: list[tuple[str, Any]], cfg: DataConfig, tokenizer, report: DatasetReport, *,
@@ -139,17 +166,25 @@ def tokenize_samples(train: list[tuple[str, Any]], cfg: DataConfig, tokenizer, r
     return samples
 
 
+def _jsonl(samples: list[Tokenized]) -> str:
+    return "".join(json.dumps({"input_ids": s.input_ids, "labels": s.labels}, separators=(",", ":")) + "\n"
+                   for s in samples)
+
+
 def write_processed(samples: list[Tokenized], report: DatasetReport, output_dir: str | Path, *,
-                    eval_rows: list[str] | None = None) -> Path:
-    """Write ``data.jsonl`` (input_ids, labels: the use_processed_dataset format), ``report.json`` and, with
-    eval rows (canonical JSON lines), ``eval.jsonl``."""
+                    eval_rows: list[str] | None = None, validation: list[Tokenized] | None = None) -> Path:
+    """Write ``data.jsonl`` (input_ids, labels: the use_processed_dataset format), ``report.json``, with
+    eval rows (canonical JSON lines) ``eval.jsonl``, and with held-out samples ``validation.jsonl``."""
     out = Path(output_dir)
-    atomic_write_text(out / "data.jsonl", "".join(
-        json.dumps({"input_ids": s.input_ids, "labels": s.labels}, separators=(",", ":")) + "\n" for s in samples))
+    atomic_write_text(out / PROCESSED_SAMPLES_FILE, _jsonl(samples))
+    if validation:
+        atomic_write_text(out / PROCESSED_VALIDATION_FILE, _jsonl(validation))
+    else:
+        (out / PROCESSED_VALIDATION_FILE).unlink(missing_ok=True)  # from an earlier run with a split
     if eval_rows:
         atomic_write_text(out / "eval.jsonl", "".join(eval_rows))
     atomic_write_text(out / "report.json", json.dumps(report.to_json(), indent=2) + "\n")
     return out
 
 
-__all__ = ["PreparedData", "prepare_data", "tokenize_samples", "write_processed", "IGNORE"]
+__all__ = ["PreparedData", "hold_out", "prepare_data", "tokenize_samples", "write_processed", "IGNORE"]

@@ -43,7 +43,8 @@ SKIP_INVALID_HINT = "; or pass --skip-invalid to leave invalid rows out"
 def make_validator(cfg: DataConfig) -> Validator:
     return Validator(cfg.data_format, document_column_name=cfg.document_column_name,
                      unmask_messages=cfg.unmask_messages, max_errors=cfg.max_errors,
-                     is_pretraining=cfg.is_pretraining, use_processed_dataset=cfg.use_processed_dataset)
+                     is_pretraining=cfg.is_pretraining, use_processed_dataset=cfg.use_processed_dataset,
+                     column_names=cfg.column_names)
 
 
 def fix_for(fmt: str | None) -> str:

@@ -47,8 +47,9 @@ class Validator:
 
     def __init__(self, data_format: str = "auto", *, document_column_name: str = "document",
                  unmask_messages: bool = False, max_errors: int = 20, is_pretraining: bool = False,
-                 use_processed_dataset: bool = False):
+                 use_processed_dataset: bool = False, column_names: dict[str, str] | None = None):
         fmt = normalize_format(data_format)
+        self.columns = tuple(sorted((column_names or {}).items()))  # field -> column (FormatSpec.columns)
         if use_processed_dataset:
             fmt = _exclusive(fmt, "processed", "use_processed_dataset=True")
         if is_pretraining:
@@ -93,7 +94,8 @@ class Validator:
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _set_spec(self, name: str, text_column: str, *, detected: bool) -> None:
-        self.spec = FormatSpec(name, text_column=text_column, unmask_messages=self.unmask_messages, detected=detected)
+        self.spec = FormatSpec(name, text_column=text_column, unmask_messages=self.unmask_messages, detected=detected,
+                               columns=self.columns)
         self.result.format, self.result.format_detected = name, detected
         self.result.text_column = text_column if name == "text" else None
 

@@ -188,7 +188,8 @@ PARAMS: tuple[Param, ...] = (
        reason="one process per GPU of the worker (phase_02_train_man_gpu), as in the OpenShift AI pipelines"),
     _P("phase_02_train_opt_pull_secret", "pipeline.pull_secret"),
     _P("phase_02_train_opt_save_epoch", "train.checkpoint_at_epoch"),
-    _P("phase_02_train_opt_save_full_state", "train.accelerate_full_state_at_epoch"),
+    _P("phase_02_train_opt_save_full_state", "train.accelerate_full_state_at_epoch", default=False,
+       reason="the OpenShift AI pipelines do not write full-state checkpoints unless asked"),
     _P("phase_02_train_opt_fsdp_sharding", "distributed.fsdp_sharding_strategy"),
     _P("phase_02_train_opt_save_samples", "train.save_samples"),
     _P("phase_02_train_opt_seed", "train.seed", also=("dataset",)),  # the dataset stage's split is seeded

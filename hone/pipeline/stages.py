@@ -114,7 +114,8 @@ def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str |
     cfg = training_config(algorithm, values, data, str(out))
     notes = []
     if cfg.train.use_liger:
-        notes.append("use_liger: hone's own chunked, fused LM-head cross-entropy is always on; Liger is not used")
+        notes.append("use_liger: Liger's RMSNorm/SwiGLU/RoPE kernels on CUDA with liger-kernel installed; hone's "
+                     "fused LM-head loss in any case")
     if launcher == "local":
         if pc.workers > 1:
             notes.append(f"phase_02_train_man_workers={pc.workers} applies on a cluster; "

@@ -7,17 +7,24 @@ The trainer calls three methods on rank 0: :meth:`MLflowTracker.start` with the 
 A tracking store that cannot be opened fails the run at ``start`` (before any training time is spent); a
 failure later only disables tracking, with one warning: training never stops because MLflow did.
 
+Tracking turns on as in Training Hub (instructlab-training's rule): any ``mlflow_*`` parameter, or the environment
+variable ``MLFLOW_TRACKING_URI`` or ``MLFLOW_EXPERIMENT_NAME``; each parameter falls back to its ``MLFLOW_*`` variable.
+Run names may hold the placeholders ``{time}``, ``{utc_time}``, ``{rank}`` and ``{local_rank}``.
+
 The run is tagged with the output directory, so a later ``hone registry register`` into the same store logs
 the model into this run instead of creating another one.
 """
 from __future__ import annotations
 
+import datetime as dt
+import importlib.util
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from hone.errors import HoneError
 from hone.secrets import scrub_mapping, scrub_text, secret_env_values
 
 log = logging.getLogger("hone")
@@ -25,6 +32,37 @@ log = logging.getLogger("hone")
 _SKIP = {"step", "sample_ids"}
 _FLUSH_EVERY_S = 2.0      # metrics are sent in batches at most this far apart (and at the end)
 _FLUSH_EVERY_STEPS = 50
+_SUMMARY = ("final_loss", "first_loss", "samples_trained", "tokens_trained", "elapsed_s")
+
+
+def step_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric fields of one ``training_metrics.jsonl`` record (loss, lr, grad_norm, tokens_per_second,
+    val_loss...), under their own names; ``step`` is the x axis."""
+    return {k: float(v) for k, v in record.items()
+            if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def summary_metrics(result: Any) -> dict[str, float]:
+    """The run's summary figures (``training_final_loss``...) from a :class:`~hone.training.run.TrainResult`."""
+    values = {f"training_{k}": getattr(result, k, None) for k in _SUMMARY}
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
+
+
+def expand_run_name(name: str | None) -> str | None:
+    """Training Hub's run-name placeholders: ``{time}``, ``{utc_time}``, ``{rank}``, ``{local_rank}``."""
+    if not name:
+        return name
+    for key, value in (("{time}", dt.datetime.now().isoformat()), ("{utc_time}", dt.datetime.now(dt.timezone.utc)),
+                       ("{rank}", os.environ.get("RANK", 0)), ("{local_rank}", os.environ.get("LOCAL_RANK", 0))):
+        name = name.replace(key, str(value))
+    return name
+
+
+def require_package(package: str, what: str, where: str, extra: str) -> None:
+    """A clear error, before any training time is spent, when the tracker's package is not installed."""
+    if importlib.util.find_spec(package) is None:
+        raise HoneError(f"{what} tracking needs the {package} package, which is not installed", where=where,
+                        fix=f"pip install {package}  (or pip install 'hone[{extra}]')")
 
 
 class MLflowTracker:
@@ -44,15 +82,20 @@ class MLflowTracker:
         self._broken = False
 
     @classmethod
-    def from_config(cls, train_cfg: Any) -> "MLflowTracker | None":
-        """A tracker when any of ``mlflow_tracking_uri`` / ``mlflow_experiment_name`` / ``mlflow_run_name`` is
-        set on the training configuration; the store defaults to the embedded one under ``$HONE_HOME``."""
-        uri = getattr(train_cfg, "mlflow_tracking_uri", None)
-        experiment = getattr(train_cfg, "mlflow_experiment_name", None)
-        name = getattr(train_cfg, "mlflow_run_name", None)
-        if not (uri or experiment or name):
+    def from_config(cls, train_cfg: Any, env: Mapping[str, str] | None = None) -> "MLflowTracker | None":
+        """A tracker when any ``mlflow_*`` parameter is set on the training configuration, or
+        ``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME`` in the environment (``MLFLOW_RUN_NAME`` only names
+        the run); the store defaults to the embedded one under ``$HONE_HOME``."""
+        env = os.environ if env is None else env
+        uri, experiment, name = (getattr(train_cfg, f"mlflow_{k}", None) or env.get(f"MLFLOW_{k.upper()}") or None
+                                 for k in ("tracking_uri", "experiment_name", "run_name"))
+        params = [f"parameter {k}" for k in ("mlflow_tracking_uri", "mlflow_experiment_name", "mlflow_run_name")
+                  if getattr(train_cfg, k, None)]
+        envs = [f"environment variable {k}" for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME") if env.get(k)]
+        if not (params or envs):
             return None
-        return cls(uri, experiment, name, run_dir=getattr(train_cfg, "ckpt_output_dir", None))
+        require_package("mlflow", "MLflow", (params or envs)[0], "registry")
+        return cls(uri, experiment, expand_run_name(name), run_dir=getattr(train_cfg, "ckpt_output_dir", None))
 
     # -- the three calls -------------------------------------------------------------------------------
     def start(self, params: Mapping[str, Any], *, resume: bool = False) -> str:
@@ -92,8 +135,7 @@ class MLflowTracker:
             return
         now = int(time.time() * 1000)
         step = int(record["step"])
-        self._pending += [Metric(k, float(v), now, step) for k, v in record.items()
-                          if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self._pending += [Metric(k, v, now, step) for k, v in step_metrics(record).items()]
         if len(self._pending) >= _FLUSH_EVERY_STEPS * 8 or time.monotonic() - self._last_flush >= _FLUSH_EVERY_S:
             self.flush()
 
@@ -125,10 +167,7 @@ class MLflowTracker:
         try:
             if result is not None and not self._broken:
                 now = int(time.time() * 1000)
-                summary = {f"training_{k}": getattr(result, k, None) for k in
-                           ("final_loss", "first_loss", "samples_trained", "tokens_trained", "elapsed_s")}
-                metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()
-                           if isinstance(v, (int, float)) and v == v]
+                metrics = [Metric(k, v, now, 0) for k, v in summary_metrics(result).items()]
                 if metrics:
                     client.log_batch(self.run_id, metrics=metrics)
                 out = getattr(result, "output_dir", None) or self.run_dir

@@ -1,9 +1,11 @@
 """Process groups, sharding (FSDP2 / DDP) and the division of a step's samples among ranks."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import get_args
 
 import torch
 import torch.distributed as dist
@@ -11,6 +13,11 @@ import torch.distributed as dist
 from hone.config import DistributedConfig
 from hone.errors import HoneError
 from hone.models.structure import block_modules, unwrap
+
+log = logging.getLogger("hone")
+# instructlab-training's FSDPOptions (what Training Hub's fsdp_options holds)
+FSDP_OPTION_KEYS = ("sharding_strategy", "cpu_offload_params")
+SHARDING_STRATEGIES = get_args(DistributedConfig.model_fields["fsdp_sharding_strategy"].annotation)
 
 
 @dataclass(frozen=True)
@@ -71,32 +78,86 @@ def split_among_ranks(indices: list[int], lengths: list[int], world_size: int) -
     return shares
 
 
+@dataclass(frozen=True)
+class FSDPPlan:
+    """How the model is sharded: ``fsdp_sharding_strategy`` and ``fsdp_options`` resolved together."""
+
+    sharding_strategy: str
+    cpu_offload_params: bool = False
+
+
+def fsdp_plan(cfg: DistributedConfig) -> FSDPPlan:
+    """Read Training Hub's ``fsdp_options`` (instructlab's FSDPOptions keys) over ``fsdp_sharding_strategy``.
+
+    An unknown key, a bad value, or a strategy that disagrees with an explicitly given
+    ``fsdp_sharding_strategy`` is a :class:`HoneError`.
+    """
+    opts = dict(cfg.fsdp_options or {})
+    unknown = sorted(set(opts) - set(FSDP_OPTION_KEYS))
+    if unknown:
+        raise HoneError(f"unknown fsdp_options key(s): {', '.join(map(repr, unknown))}", where="fsdp_options",
+                        fix=f"use only {', '.join(FSDP_OPTION_KEYS)}")
+    strategy = cfg.fsdp_sharding_strategy
+    if opts.get("sharding_strategy") is not None:
+        given = str(getattr(opts["sharding_strategy"], "value", opts["sharding_strategy"])).upper()
+        if given not in SHARDING_STRATEGIES:
+            raise HoneError(f"unknown fsdp_options sharding_strategy {opts['sharding_strategy']!r}",
+                            where="fsdp_options.sharding_strategy", fix=f"use one of {', '.join(SHARDING_STRATEGIES)}")
+        if "fsdp_sharding_strategy" in cfg.model_fields_set and given != strategy:
+            raise HoneError(f"fsdp_options sharding_strategy={given} disagrees with fsdp_sharding_strategy={strategy}",
+                            where="parameters fsdp_options and fsdp_sharding_strategy", fix="give the strategy once")
+        strategy = given
+    offload = opts.get("cpu_offload_params")
+    if offload is not None and not isinstance(offload, bool):
+        raise HoneError(f"fsdp_options cpu_offload_params must be true or false (got {offload!r})",
+                        where="fsdp_options.cpu_offload_params", fix="pass a boolean")
+    if offload and strategy == "NO_SHARD":
+        raise HoneError("fsdp_options cpu_offload_params needs FSDP sharding; NO_SHARD trains with DDP",
+                        where="parameters fsdp_options and fsdp_sharding_strategy",
+                        fix="use FULL_SHARD, SHARD_GRAD_OP or HYBRID_SHARD, or drop cpu_offload_params")
+    return FSDPPlan(strategy, bool(offload))
+
+
+def resolve_fsdp_options(cfg: DistributedConfig) -> DistributedConfig:
+    """``cfg`` with the sharding strategy of ``fsdp_options`` folded into ``fsdp_sharding_strategy`` (so that
+    torchrun workers, which receive every field explicitly, see the two agree)."""
+    plan = fsdp_plan(cfg)
+    if plan.sharding_strategy == cfg.fsdp_sharding_strategy:
+        return cfg
+    return cfg.model_copy(update={"fsdp_sharding_strategy": plan.sharding_strategy})
+
+
 def shard_model(model: torch.nn.Module, cfg: DistributedConfig, env: DistEnv, device: torch.device,
                 ) -> torch.nn.Module:
-    """Wrap for data parallelism: FSDP2 per block and at the root, or DDP for NO_SHARD."""
+    """Wrap for data parallelism: FSDP2 per block and at the root (parameters offloaded to the CPU with
+    ``fsdp_options={"cpu_offload_params": True}``), or DDP for NO_SHARD."""
+    plan = fsdp_plan(cfg)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     if not env.enabled:
+        if plan.cpu_offload_params:
+            log.warning("fsdp_options cpu_offload_params: a single process trains unsharded, nothing is offloaded")
         return model
-    if cfg.fsdp_sharding_strategy == "NO_SHARD":
+    if plan.sharding_strategy == "NO_SHARD":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
         return DDP(model, device_ids=ids)
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    if cfg.fsdp_sharding_strategy == "HYBRID_SHARD":
+    if plan.sharding_strategy == "HYBRID_SHARD":
         per_node = env.world_size // env.nnodes
         mesh = init_device_mesh(device.type, (env.nnodes, per_node), mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh(device.type, (env.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if device.type == "cuda" else MixedPrecisionPolicy()
-    reshard = cfg.fsdp_sharding_strategy != "SHARD_GRAD_OP"
+    reshard = plan.sharding_strategy != "SHARD_GRAD_OP"
+    offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if plan.cpu_offload_params else OffloadPolicy()
     for layer in block_modules(model):
-        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard, offload_policy=offload)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard, offload_policy=offload)
     return model
 
 

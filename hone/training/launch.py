@@ -20,6 +20,7 @@ from hone.config import DistributedConfig, RunConfig
 from hone.errors import HoneError
 from hone.io import atomic_write_text
 from hone.layout import TrainingLayout
+from hone.training.callbacks import dump_callbacks
 from hone.training.distributed import under_torchrun
 
 
@@ -133,7 +134,12 @@ def launch(cfg: RunConfig, plan: LaunchPlan) -> int:
     Returns torchrun's exit status. The workers write every output (``training_result.json`` included).
     """
     out = Path(cfg.train.ckpt_output_dir)
-    config_file = atomic_write_text(TrainingLayout(out).launch_config, json.dumps(cfg.to_flat(), indent=2))
+    layout = TrainingLayout(out)
+    config_file = atomic_write_text(layout.launch_config, json.dumps(cfg.to_flat(), indent=2))
+    if cfg.train.callbacks:  # live objects: pickled beside the config (hone.worker reads them back)
+        dump_callbacks(list(cfg.train.callbacks), layout.callbacks_payload)
+    else:
+        layout.callbacks_payload.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS",
                                                            str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))}
     proc = subprocess.Popen(torchrun_command(plan, config_file), env=env)

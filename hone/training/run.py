@@ -22,11 +22,12 @@ from hone.io import atomic_write_text
 from hone.layout import PARAMS_FILE, RESULT_FILE, RUN_OUTPUTS, TrainingLayout  # noqa: F401  (re-exported)
 from hone.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype
 from hone.training.checkpoint import checkpoints_dir, latest_checkpoint, resolve_resume
-from hone.training.distributed import DistEnv, barrier, destroy, init_distributed, local_device, shard_model
+from hone.training.distributed import (DistEnv, barrier, destroy, init_distributed, local_device, resolve_fsdp_options,
+                                      shard_model)
 from hone.training.hooks import AlgorithmHooks
 from hone.training.launch import launch, needs_launch, resolve_launch
 from hone.training.metrics import read_metrics, write_loss_charts
-from hone.training.trainer import train
+from hone.training.trainer import check_options, train
 
 log = logging.getLogger("hone")
 
@@ -71,6 +72,67 @@ class TrainResult:
         kw["data_report"] = DatasetReport.from_json(kw["data_report"])
         return cls(**kw)
 
+    # -- Training Hub's result mapping: result["model"], result["tokenizer"], result["trainer"] ----------------
+    def keys(self) -> list[str]:
+        """What ``result[...]`` gives: the final model and its tokenizer (when one was saved), and ``trainer``."""
+        return (["model", "tokenizer"] if self.final_model_dir is not None else []) + ["trainer"]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __getitem__(self, key: str) -> Any:
+        """Loaded on first use from ``final_model_dir`` (safetensors; remote code only if the run allowed it)."""
+        if key not in self.keys():
+            raise KeyError(key if key in ("model", "tokenizer", "trainer") else
+                           f"{key!r} (a TrainResult holds {', '.join(self.keys())}; its figures are attributes)")
+        cache = self.__dict__.setdefault("_loaded", {})
+        if key not in cache:
+            cache[key] = FinishedTrainer(self) if key == "trainer" else self._load(key)
+        return cache[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def _load(self, key: str) -> Any:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(self.final_model_dir)
+        params = json.loads(self.params_path.read_text()) if self.params_path.is_file() else {}
+        remote = bool(params.get("trust_remote_code", False))
+        if key == "tokenizer":
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+        if (path / "adapter_config.json").is_file():  # LoRA with save_merged=False: the adapter on its base
+            from peft import AutoPeftModelForCausalLM
+
+            return AutoPeftModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=remote)
+        return AutoModelForCausalLM.from_pretrained(path, dtype="auto", use_safetensors=True,
+                                                    trust_remote_code=remote)
+
+
+class FinishedTrainer:
+    """``result["trainer"]``: the closest honest counterpart of the trainer Training Hub's LoRA backend returns
+    (a TRL ``SFTTrainer``). hone's trainer is a loop, not an object, so this is a read-only view of the finished
+    run: ``model`` and ``tokenizer``/``processing_class`` (loaded on first use), ``state.log_history`` (the
+    per-step records of training_metrics.jsonl), ``state.global_step``, ``state.epoch`` and ``args.output_dir``."""
+
+    def __init__(self, result: TrainResult):
+        from types import SimpleNamespace
+
+        self.result = result
+        history = read_metrics(result.metrics_path) if Path(result.metrics_path).is_file() else []
+        self.state = SimpleNamespace(log_history=history, global_step=result.steps, epoch=result.epochs_completed)
+        self.args = SimpleNamespace(output_dir=str(result.output_dir))
+
+    @property
+    def model(self) -> Any:
+        return self.result["model"] if "model" in self.result else None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.result["tokenizer"] if "tokenizer" in self.result else None
+
+    processing_class = tokenizer
+
 
 def saved_params(cfg: RunConfig) -> dict[str, Any]:
     """The run's identity as written to training_params.json (a signed data URL loses its signature)."""
@@ -106,7 +168,8 @@ def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
             what = ""
         else:
             what = f"{out} holds a different run (differs in: {', '.join(diff[:8])})"
-    elif any(p != TrainingLayout(out).launch_config for p in out.iterdir()):
+    elif any(p not in (TrainingLayout(out).launch_config, TrainingLayout(out).callbacks_payload)
+             for p in out.iterdir()):
         what = f"{out} is not empty and holds no hone run"
     else:
         return
@@ -137,6 +200,8 @@ def run_training(cfg: RunConfig, hooks: AlgorithmHooks, tracker: RunTracker | No
     t = cfg.train
     out = Path(t.ckpt_output_dir)
     hooks.validate()
+    check_options(t)
+    cfg = cfg.model_copy(update={"distributed": resolve_fsdp_options(cfg.distributed)})
     plan = resolve_launch(cfg.distributed)
     if needs_launch(plan):
         return _launch(cfg, plan)
@@ -180,17 +245,20 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
     tokenizer = load_tokenizer(t.model_path, trust_remote_code=t.trust_remote_code)
     layout = TrainingLayout(out)
     data_dir = Path(cfg.data.data_output_dir) if cfg.data.data_output_dir else layout.data
-    data = prepare_data(cfg.data, tokenizer, data_dir if env.is_main else None, seed=t.seed)
+    data = prepare_data(cfg.data, tokenizer, data_dir if env.is_main else None, seed=t.seed,
+                        validation_split=t.validation_split, validation_data_path=t.validation_data_path)
     params_path = layout.params
     if env.is_main:
         log.info("data: %s", data.report.summary())
-        if t.use_liger:
-            log.info("use_liger: hone's own chunked, fused LM-head cross-entropy is used; Liger kernels are not")
         atomic_write_text(params_path, json.dumps(saved_params(cfg), indent=2) + "\n")
 
     torch.manual_seed(t.seed)
     model = load_model(t.model_path, dtype=dtype, device=device, trust_remote_code=t.trust_remote_code, training=True,
                        **hooks.load_kwargs())
+    if t.use_liger:
+        from hone.models.liger import apply_liger
+
+        apply_liger(model, device, say=env.is_main)  # every rank patches its model; rank 0 says what happened
     model = hooks.prepare_model(model, data=data, device=device)
     info = hooks.describe(model)
     if env.is_main:
@@ -220,7 +288,7 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
         resumed_from=summary.resumed_from, world_size=env.world_size,
     )
     if env.is_main:
-        metrics = read_metrics(result.metrics_path)
+        metrics = [m for m in read_metrics(result.metrics_path) if "loss" in m]  # not the val_loss records
         if metrics:
             write_loss_charts(metrics, out, title=f"{hooks.name} training loss")
         atomic_write_text(layout.result, json.dumps(result.to_json(), indent=2) + "\n")

@@ -4,10 +4,16 @@ Each optimizer step takes ``effective_batch_size`` samples, divides them among r
 splits each rank's share into padding-free micro-batches of at most ``max_tokens_per_gpu`` tokens. Every
 micro-batch contributes ``sum(token CE) / step_loss_tokens`` (over all ranks) to the gradient, so the step's
 loss and update do not depend on how the step was split, nor on the number of processes.
+
+Around the steps, with Training Hub's meaning: validation loss on the held-out samples every
+``validation_frequency`` steps, Hugging Face checkpoints named as its backends name them (every ``save_samples``
+samples, at a new best validation loss, after each epoch, at the end: :class:`~hone.training.checkpoint.HFCheckpoints`)
+and its callback hooks (:mod:`hone.training.callbacks`).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import time
@@ -22,14 +28,20 @@ from hone.config import TrainConfig
 from hone.data.batching import PackedBatch, count_loss_tokens, epoch_steps, micro_batches, pack
 from hone.data.prepare import PreparedData
 from hone.data.tokenize import IGNORE, Tokenized
+from hone.errors import HoneError
 from hone.layout import FINAL, TrainingLayout, epoch_name
-from hone.training.checkpoint import TrainState, load_full_state, save_full_state
+from hone.training.callbacks import CallbackRunner, check_callbacks
+from hone.training.checkpoint import HFCheckpoints, TrainState, load_full_state, save_full_state
 from hone.training.distributed import DistEnv, all_reduce_, barrier, full_state_dict, split_among_ranks, unwrap
 from hone.training.hooks import AlgorithmHooks
 from hone.training.loss import forward_loss_sum
 from hone.training.metrics import MetricsWriter, peak_memory_gb, truncate_metrics
 
+log = logging.getLogger("hone")
 _PLACEHOLDER = Tokenized([0], [IGNORE])  # a rank with fewer micro-batches runs these (zero loss, zero grad)
+# schedulers stepped with a metric (the validation loss) instead of once per step; those that take no arguments
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+NO_KWARGS_SCHEDULERS = ("constant", "constant_with_warmup")
 
 
 @dataclass
@@ -53,10 +65,92 @@ def make_optimizer(model, hooks: AlgorithmHooks, cfg: TrainConfig) -> torch.opti
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    """transformers' ``lr_scheduler`` with ``lr_scheduler_kwargs`` as its scheduler-specific arguments."""
     from transformers import get_scheduler
 
-    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                         num_training_steps=max(total_steps, 1))
+    if cfg.lr_scheduler_kwargs and cfg.lr_scheduler in NO_KWARGS_SCHEDULERS:
+        raise HoneError(f"lr_scheduler={cfg.lr_scheduler!r} takes no lr_scheduler_kwargs "
+                        f"(got {cfg.lr_scheduler_kwargs})", where="lr_scheduler_kwargs",
+                        fix="drop lr_scheduler_kwargs, or choose a scheduler that has arguments")
+    try:
+        return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                             num_training_steps=max(total_steps, 1),
+                             scheduler_specific_kwargs=dict(cfg.lr_scheduler_kwargs) or None)
+    except (TypeError, ValueError) as err:
+        raise HoneError(f"lr_scheduler={cfg.lr_scheduler!r} with lr_scheduler_kwargs={cfg.lr_scheduler_kwargs}: "
+                        f"{err}", where="lr_scheduler_kwargs",
+                        fix="pass the keyword arguments of transformers' scheduler function for that name "
+                            "(e.g. {\"num_cycles\": 2} for cosine_with_restarts, {\"min_lr_rate\": 0.1} for "
+                            "cosine_with_min_lr, {\"factor\": 0.5, \"patience\": 2} for reduce_lr_on_plateau)",
+                        ) from None
+
+
+def check_options(cfg: TrainConfig) -> None:
+    """Refuse settings that cannot work together, before any data or weights are loaded (HoneError)."""
+    validating = cfg.validation_split > 0 or cfg.validation_data_path is not None
+    if cfg.validation_split > 0 and cfg.validation_data_path is not None:
+        raise HoneError("validation_split and validation_data_path both choose the validation data",
+                        where="parameters validation_split and validation_data_path", fix="give one of them")
+    if validating and cfg.validation_frequency is None:  # both Training Hub backends require it
+        raise HoneError("validation data needs validation_frequency (optimizer steps between validations)",
+                        where="parameters validation_split / validation_data_path and validation_frequency",
+                        fix="pass validation_frequency, e.g. 50")
+    if cfg.save_best_val_loss and not validating:
+        raise HoneError("save_best_val_loss needs a validation loss, and there is no validation data",
+                        where="parameters save_best_val_loss and validation_split",
+                        fix="pass validation_split (e.g. 0.1) or validation_data_path, and validation_frequency")
+    if cfg.lr_scheduler in METRIC_SCHEDULERS:
+        if not validating:
+            raise HoneError(f"lr_scheduler={cfg.lr_scheduler!r} is stepped with the validation loss, and there is "
+                            "no validation data", where="parameters lr_scheduler and validation_split",
+                            fix="pass validation_split and validation_frequency, or choose another lr_scheduler")
+        if cfg.warmup_steps:
+            raise HoneError(f"lr_scheduler={cfg.lr_scheduler!r} has no warm-up (warmup_steps={cfg.warmup_steps})",
+                            where="parameters lr_scheduler and warmup_steps", fix="set warmup_steps=0")
+    check_callbacks(cfg.callbacks)
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.learning_rate)
+    make_scheduler(probe, cfg, 1)  # bad lr_scheduler_kwargs fail here, not after loading the model
+
+
+@torch.no_grad()
+def validation_loss(model, samples: list[Tokenized], batch_size: int, max_tokens: int, device: torch.device,
+                    env: DistEnv = DistEnv(), max_samples: int | None = None) -> dict[str, float | int]:
+    """Token-mean cross-entropy over ``samples`` (every rank's share, summed across ranks), in eval mode.
+
+    The samples are taken ``batch_size`` at a time, divided among ranks and packed as training steps are; every
+    rank runs the same number of forward passes (placeholders where it has none), as sharded models need.
+    """
+    lengths = [len(s.input_ids) for s in samples]
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    n_batches = 0
+    for start in range(0, len(samples), batch_size):
+        shares = split_among_ranks(list(range(start, min(start + batch_size, len(samples)))), lengths, env.world_size)
+        plans = [micro_batches(share, lengths, max_tokens, max_samples) for share in shares]
+        mine = plans[env.rank]
+        for j in range(max(len(p) for p in plans)):
+            loss_sum += forward_loss_sum(model, pack([samples[i] for i in mine[j]] if j < len(mine)
+                                                     else [_PLACEHOLDER]).to(device))
+        n_batches += sum(len(p) for p in plans)
+    all_reduce_(loss_sum, env)
+    model.train(was_training)
+    n_tokens = count_loss_tokens(samples)
+    # mini-trainer's names, and instructlab's val_num_tokens (its count of loss tokens)
+    return {"val_loss": loss_sum.item() / n_tokens, "val_num_samples": len(samples),
+            "val_num_loss_counted_tokens": n_tokens, "val_num_tokens": n_tokens, "val_num_batches": n_batches}
+
+
+def _logged(window: list[dict]) -> dict:
+    """One metrics record for the steps since the last one: the last step's, with the loss averaged over the
+    window and the counts summed (as transformers' logging_steps does)."""
+    out = dict(window[-1])
+    if len(window) > 1:
+        out["loss"] = sum(r["loss"] for r in window) / len(window)
+        for key in ("num_samples", "num_loss_tokens", "num_tokens"):
+            out[key] = sum(r[key] for r in window)
+        out["logged_steps"] = len(window)
+    return out
 
 
 def plan_steps(num_samples: int, cfg: TrainConfig) -> tuple[int, int]:
@@ -67,14 +161,15 @@ def plan_steps(num_samples: int, cfg: TrainConfig) -> tuple[int, int]:
 
 
 def train_step(model, samples: list[Tokenized], indices: list[int], lengths: list[int], max_tokens: int,
-               device: torch.device, env: DistEnv = DistEnv()) -> tuple[torch.Tensor, int, int]:
+               device: torch.device, env: DistEnv = DistEnv(), max_samples: int | None = None
+               ) -> tuple[torch.Tensor, int, int]:
     """Forward and backward one optimizer step's samples on every rank.
 
     Returns (the step's summed token loss over all ranks, the step's loss tokens, the step's tokens).
     """
     n_loss = count_loss_tokens([samples[i] for i in indices])
     shares = split_among_ranks(indices, lengths, env.world_size)
-    plans = [micro_batches(share, lengths, max_tokens) for share in shares]
+    plans = [micro_batches(share, lengths, max_tokens, max_samples) for share in shares]
     mine, rounds = plans[env.rank], max(len(p) for p in plans)  # every rank runs the same number of passes
     scale = env.world_size / n_loss  # data-parallel gradients are averaged over ranks; undo that
     loss_sum = torch.zeros((), device=device)
@@ -135,14 +230,19 @@ def save_hf(model, tokenizer, hooks: AlgorithmHooks, hf_root: Path, name: str, e
 def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: AlgorithmHooks, output_dir: Path,
           device: torch.device, env: DistEnv = DistEnv(), resume: Path | None = None,
           on_step: Callable[[dict], None] | None = None) -> TrainSummary:
-    """Run (or continue) the whole training; metrics every step, checkpoints as configured.
+    """Run (or continue) the whole training; metrics every step, validation and checkpoints as configured.
 
-    ``on_step`` receives each step's metrics record on rank 0 (e.g. an experiment tracker).
+    ``on_step`` receives each record written to ``training_metrics.jsonl`` on rank 0 (e.g. an experiment
+    tracker): a step's metrics, and a ``val_loss`` record after each validation. ``cfg.callbacks`` are called
+    at each point of the run (:class:`~hone.training.callbacks.CallbackRunner`).
     """
+    check_options(cfg)
     samples, lengths = data.samples, data.lengths
+    validating = bool(data.validation) and cfg.validation_frequency is not None
     per_epoch, total_steps = plan_steps(len(samples), cfg)
     optimizer = make_optimizer(model, hooks, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
+    by_metric = cfg.lr_scheduler in METRIC_SCHEDULERS
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state = TrainState(world_size=env.world_size)
     if resume is not None:
@@ -155,28 +255,52 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
         truncate_metrics(metrics_path, state.global_step)
     metrics = MetricsWriter(metrics_path, append=resume is not None) if env.is_main else None
     hf_root = layout.hf_root
+    hf = HFCheckpoints(hf_root, lambda name: save_hf(model, tokenizer, hooks, hf_root, name, env),
+                       float_spelling=hooks.name == "osft", keep_last_only=cfg.keep_last_checkpoint_only,
+                       is_main=env.is_main)
+    hub = CallbackRunner(cfg.callbacks, rank=env.rank, output_dir=output_dir)
     checkpoints: list[Path] = []
+    window: list[dict] = []  # step records not yet written (logging_steps > 1)
+
+    def record(entry: dict) -> None:
+        if metrics:
+            metrics.write(entry)
+            if on_step is not None:
+                on_step(entry)
+
+    def saved(path: Path, epoch: int, loss: float | None) -> None:
+        checkpoints.append(path)  # hone's name (final, epoch_<n>); callbacks get Training Hub's, as upstream
+        hub.fire("on_save", step=state.global_step, epoch=epoch, loss=loss,
+                 metrics={"checkpoint_path": str(hf.named)})
+
+    if validating and env.is_main:
+        log.info("validation: %d held-out samples, every %d steps", len(data.validation), cfg.validation_frequency)
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"{hooks.name} training", unit="step",
                disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
     start = time.perf_counter() - state.elapsed_s
     preempted = False
     model.train()
+    hub.fire("on_train_begin", step=state.global_step, epoch=state.epoch, loss=state.last_loss)
     try:
         with _Preemption() as stop:
             for epoch in range(state.epoch, cfg.num_epochs):
                 steps = epoch_steps(len(samples), cfg.effective_batch_size, seed=cfg.seed, epoch=epoch)
+                hub.fire("on_epoch_begin", step=state.global_step, epoch=epoch, loss=state.last_loss)
                 for s in range(state.step_in_epoch, len(steps)):
                     if state.global_step >= total_steps:
                         break
                     t0 = time.perf_counter()
+                    hub.fire("on_step_begin", step=state.global_step, epoch=epoch, loss=state.last_loss)
                     loss_sum, n_loss, n_tokens = train_step(model, samples, steps[s], lengths,
-                                                            cfg.max_tokens_per_gpu, device, env)
+                                                            cfg.max_tokens_per_gpu, device, env,
+                                                            cfg.micro_batch_max_samples)
                     hooks.after_backward(model)
                     grad_norm = _grad_norm(params, cfg.max_grad_norm)
-                    lr = scheduler.get_last_lr()[0]
+                    lr = optimizer.param_groups[0]["lr"]
                     optimizer.step()
                     hooks.after_optimizer_step(model, optimizer)
-                    scheduler.step()
+                    if not by_metric:
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     loss = (loss_sum / n_loss).item()  # the step's one host-device sync
                     dt = time.perf_counter() - t0
@@ -187,28 +311,57 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
                     state.first_loss = loss if state.first_loss is None else state.first_loss
                     state.last_loss = loss
                     state.elapsed_s = time.perf_counter() - start
-                    if metrics:
-                        record = {
-                            "step": state.global_step, "epoch": epoch + 1, "loss": loss, "lr": lr,
-                            "grad_norm": grad_norm, "num_samples": len(steps[s]), "num_loss_tokens": n_loss,
-                            "num_tokens": n_tokens, "tokens_per_second": n_tokens / dt,
-                            "elapsed_s": state.elapsed_s, "peak_memory_gb": peak_memory_gb(device),
-                        }
-                        if cfg.log_sample_ids:
-                            record["sample_ids"] = sorted(steps[s])
-                        metrics.write(record)
-                        if on_step is not None:
-                            on_step(record)
+                    step_record = {
+                        "step": state.global_step, "epoch": epoch + 1, "loss": loss, "lr": lr,
+                        "grad_norm": grad_norm, "num_samples": len(steps[s]), "num_loss_tokens": n_loss,
+                        "num_tokens": n_tokens, "tokens_per_second": n_tokens / dt,
+                        "elapsed_s": state.elapsed_s, "peak_memory_gb": peak_memory_gb(device),
+                    }
+                    if cfg.log_sample_ids:
+                        step_record["sample_ids"] = sorted(steps[s])
+                    window.append(step_record)
+                    now = dict(step=state.global_step, epoch=epoch, loss=loss, learning_rate=lr)  # epochs completed
+                    if state.global_step % cfg.logging_steps == 0 or state.global_step >= total_steps \
+                            or state.step_in_epoch == len(steps):
+                        step_record = _logged(window)
+                        window.clear()
+                        record(step_record)
+                        hub.fire("on_log", **now, metrics=step_record)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tokens / dt:,.0f}", epoch=epoch + 1)
                     bar.update(1)
+
+                    val_loss = None
+                    if validating and state.global_step % cfg.validation_frequency == 0:
+                        val = validation_loss(model, data.validation, cfg.effective_batch_size,
+                                              cfg.max_tokens_per_gpu, device, env,
+                                              cfg.validation_micro_batch_max_samples)
+                        val_loss = float(val["val_loss"])
+                        val_record = {"step": state.global_step, "epoch": epoch + 1, **val}
+                        record(val_record)
+                        if by_metric:
+                            scheduler.step(val_loss)
+                        hub.fire("on_evaluate", **now, metrics=val_record)
+                    if cfg.save_samples and state.samples_seen >= state.saved_samples + cfg.save_samples:
+                        state.saved_samples = state.samples_seen
+                        saved(hf.save(state.samples_seen), epoch, loss)
+                    if cfg.save_best_val_loss and val_loss is not None and (
+                            state.best_val_loss is None
+                            or state.best_val_loss - val_loss > cfg.val_loss_improvement_threshold):
+                        state.best_val_loss = val_loss
+                        saved(hf.save_best(state.samples_seen), epoch, loss)
+                    hub.fire("on_step_end", **now, metrics=step_record)
 
                     epoch_done = state.step_in_epoch == len(steps)
                     if epoch_done:
                         state.epoch, state.step_in_epoch = epoch + 1, 0
                         if cfg.checkpoint_at_epoch:
-                            checkpoints.append(save_hf(model, tokenizer, hooks, hf_root, epoch_name(epoch + 1), env))
-                    every = cfg.checkpoint_interval and state.global_step % cfg.checkpoint_interval == 0
+                            saved(hf.save(state.samples_seen, alias=epoch_name(epoch + 1)), epoch + 1, loss)
+                        hub.fire("on_epoch_end", **{**now, "epoch": epoch + 1})
+                    every = cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0
                     preempted = stop.agreed(env, device)
+                    if preempted and window:  # the steps not yet logged go into the record before stopping
+                        record(_logged(window))
+                        window.clear()
                     if every or preempted or (epoch_done and cfg.accelerate_full_state_at_epoch):
                         save_full_state(output_dir, model, optimizer, scheduler, hooks, state, env,
                                         keep_last=cfg.keep_last_checkpoints)
@@ -217,11 +370,12 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
                 if preempted or state.global_step >= total_steps:
                     break
             if cfg.save_final_checkpoint and not preempted:
-                checkpoints.append(save_hf(model, tokenizer, hooks, hf_root, FINAL, env))
+                saved(hf.save(state.samples_seen, alias=FINAL), state.epoch, state.last_loss)
     finally:
         bar.close()
         if metrics:
             metrics.close()
+    hub.fire("on_train_end", step=state.global_step, epoch=state.epoch, loss=state.last_loss)
     nan = float("nan")
     return TrainSummary(
         steps=state.global_step, epochs_completed=state.epoch, first_loss=state.first_loss or nan,

@@ -124,7 +124,7 @@ def test_format_override_and_document_column(tmp_path):
     assert r.format == "text" and r.text_column == "body" and r.valid
     r = check_dataset(DataConfig(data_path=str(f), data_format="text", document_column_name="body"))
     assert r.format == "text" and not r.format_detected and r.valid
-    r = check_dataset(DataConfig(data_path=str(f), is_pretraining=True, document_column_name="body"))
+    r = check_dataset(DataConfig(data_path=str(f), is_pretraining=True, block_size=512, document_column_name="body"))
     assert r.valid and r.roles == {"pretraining": 2}
 
 
@@ -139,7 +139,7 @@ def test_conflicting_format_flags():
     with pytest.raises(Exception, match="contradicts use_processed_dataset"):
         DataConfig(data_path="x.jsonl", data_format="alpaca", use_processed_dataset=True)
     with pytest.raises(Exception, match="contradicts is_pretraining"):
-        DataConfig(data_path="x.jsonl", data_format="messages", is_pretraining=True)
+        DataConfig(data_path="x.jsonl", data_format="messages", is_pretraining=True, block_size=512)
 
 
 def test_row_format_and_detect_format_units():

@@ -84,7 +84,7 @@ def test_training_params_map_onto_hone_names():
     from hone.config import RunConfig
 
     cfg = RunConfig.from_flat("osft", flat)  # every name is a real training parameter
-    assert cfg.train.checkpoint_interval == 3  # 300 samples / 128 per step, rounded up
+    assert cfg.train.save_samples == 300  # a Hugging Face checkpoint every 300 samples (samples_<N>)
     assert cfg.distributed.nproc_per_node == 2
     lora = training_params("lora", P.resolve("lora", {**DATA, "phase_02_train_opt_target_modules": "q_proj"}), "t", "o")
     assert lora["lora_r"] == 16 and lora["target_modules"] == ["q_proj"] and lora["nproc_per_node"] == "auto"

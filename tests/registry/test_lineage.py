@@ -28,7 +28,11 @@ def test_lineage_of_a_training_run(trained_run, eval_dir):
     assert meta["dataset_sha256"] == hashlib.sha256(open(params["data_path"], "rb").read()).hexdigest()
     assert meta["algorithm"] == "sft"
     for key, value in params.items():  # every hyperparameter
-        if key not in ("algorithm", "model_path", "data_path") and value is not None:
+        if key in ("algorithm", "model_path", "data_path") or value is None:
+            continue
+        if isinstance(value, dict):  # mappings are flattened into training_<key>_<subkey>
+            assert all(meta[f"training_{key}_{k}"] == v for k, v in value.items()), key
+        else:
             assert meta[f"training_{key}"] == (json.dumps(value) if isinstance(value, list) else value), key
     assert meta["training_final_loss"] == result["final_loss"]
     assert meta["training_steps"] == result["steps"] == 4

@@ -44,7 +44,8 @@ def data_file(tmp_path) -> Path:
 
 
 def _leftover_temporaries(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))
+    """Hidden names a write left behind (torch.distributed.checkpoint's own ``.metadata`` file is content)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if p.name != ".metadata")
 
 
 # -- 3. it learns ----------------------------------------------------------------------------------------------
@@ -195,10 +196,14 @@ def test_run_outputs(tiny_model_dir, data_file, tmp_path):
     assert params["beta2"] == 0.95 and params["max_grad_norm"] == 1.0  # defaults are resolved too
     assert "progress" not in params and "overwrite" not in params
 
-    # checkpoints: one per epoch plus final, each a complete Hugging Face directory
+    # checkpoints: one per epoch, written once as samples_<N> (Training Hub's name) with epoch_<n> and final
+    # as links to it, each a complete Hugging Face directory
     hf = out / "hf_format"
     names = sorted(p.name for p in hf.iterdir())
-    assert names == [f"epoch_{e}" for e in range(1, epochs + 1)] + ["final"]
+    written = [f"samples_{n * e}" for e in range(1, epochs + 1)]
+    assert names == sorted([f"epoch_{e}" for e in range(1, epochs + 1)] + ["final"] + written)
+    assert [(hf / f"epoch_{e}").readlink().name for e in range(1, epochs + 1)] == written
+    assert (hf / "final").readlink().name == written[-1]
     for name in names:
         assert (hf / name / "config.json").is_file() and (hf / name / "model.safetensors").is_file()
         assert (hf / name / "tokenizer.json").is_file()
@@ -223,7 +228,10 @@ def test_max_steps_stops_early_and_checkpoints_only_complete_epochs(tiny_model_d
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert [m["epoch"] for m in metrics] == [1, 1, 1, 2]
     assert result.epochs_completed == 1
-    assert sorted(p.name for p in (out / "hf_format").iterdir()) == ["epoch_1", "final"]
+    n = len(QA)  # epoch 1, then one step of 3 samples: written once each as samples_<N>, with links
+    assert sorted(p.name for p in (out / "hf_format").iterdir()) == sorted(
+        ["epoch_1", "final", f"samples_{n}", f"samples_{n + 3}"])
+    assert (out / "hf_format" / "final").readlink().name == f"samples_{n + 3}"
     assert _leftover_temporaries(out) == []
 
 
@@ -240,7 +248,7 @@ def test_no_checkpoints_when_disabled(tiny_model_dir, data_file, tmp_path):
 def test_output_dir_of_a_different_run_is_refused(tiny_model_dir, data_file, tmp_path):
     out = tmp_path / "run"
     common = dict(num_epochs=1, effective_batch_size=8, max_seq_len=64, max_tokens_per_gpu=64,
-                  checkpoint_at_epoch=False, progress=False, **CPU)
+                  checkpoint_at_epoch=False, accelerate_full_state_at_epoch=False, progress=False, **CPU)
     hone.sft(str(tiny_model_dir), str(data_file), str(out), learning_rate=1e-3, **common)
     with pytest.raises(HoneError, match="learning_rate"):
         hone.sft(str(tiny_model_dir), str(data_file), str(out), learning_rate=2e-3, **common)
