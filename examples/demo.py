@@ -1,7 +1,8 @@
 """`make demo`: the whole main job offline -- a tiny model pre-trained on hone's bundled corpus, then
 `hone pipeline run` with OSFT on the bundled chat data: dataset -> training -> evaluation against the base
-model (new skill and retention of the pre-training corpus) -> registration in the embedded MLflow registry;
-then the same job with plain SFT, to compare what each retains.
+model (new skill and retention of the pre-training corpus) -> registration in the embedded MLflow registry
+under the hone home (``$HONE_HOME``, else ``./hone-runs``: where a plain ``hone registry list`` looks); then the
+same job with plain SFT, to compare what each retains.
 """
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ def main() -> int:
         print(f"building a tiny model offline and pre-training it on the bundled corpus: {model_dir}")
         make_tiny_model(model_dir, layers=2, hidden=128, heads=4, seed=0, pretrain_steps=60)
     argv = ["pipeline", "run", "--config", "examples/pipeline.yaml", "--model", str(model_dir.relative_to(ROOT)),
-            "--run-dir", "demo-output/pipeline", "--registry-home", "demo-output/hone-home"]
+            "--run-dir", "demo-output/pipeline"]
+    version, reregister = registry_version(OUT / "pipeline")
+    if version != "1.0.0":
+        argv += ["-p", f"phase_04_registry_man_version={version}"]
+    if reregister:
+        argv += ["--force-from", "registration"]
     print("$ hone " + " ".join(argv), flush=True)
     code = hone_main(argv)
     if code != 0:
@@ -31,11 +37,40 @@ def main() -> int:
     compare_with_sft(model_dir)
     print(f"\ndemo finished in {time.monotonic() - start:.0f}s; open the report above in a browser. "
           "Run `make demo` again: every stage is cached.")
+    print("\nhone is installed in .venv: run `source .venv/bin/activate` (or call .venv/bin/hone), then e.g.\n"
+          f"  hone registry list                # the demo's model, registered as {DEMO_MODEL}:{version}\n"
+          f"  hone registry show {DEMO_MODEL}    # with its lineage")
     return 0
 
 
+DEMO_MODEL = "demo-osft"  # phase_04_registry_man_name in examples/pipeline.yaml
+
+
+def registry_version(run_dir: Path) -> tuple[str, bool]:
+    """The version the demo registers: the one its last run registered (then the stage is cached), else the
+    first one not taken in the registry (a registry kept from before `make clean` already holds 1.0.0); and
+    whether to register again although the last run did (the registry was emptied since)."""
+    import json
+
+    from hone.config import RegistryConfig
+    from hone.registry import open_registry
+
+    try:
+        done = json.loads((run_dir / "manifest.json").read_text())["stages"]["registration"]
+        registered = done["summary"]["model_id"] if done.get("status") == "completed" else None
+    except (OSError, ValueError, KeyError):
+        registered = None
+    taken = {v.version for v in open_registry(RegistryConfig()).list_versions(DEMO_MODEL)}
+    if registered and registered.startswith(DEMO_MODEL + ":") and registered.split(":", 1)[1] in taken:
+        return registered.split(":", 1)[1], False
+    patch = 0
+    while f"1.0.{patch}" in taken:
+        patch += 1
+    return f"1.0.{patch}", registered is not None
+
+
 def compare_with_sft(model_dir: Path) -> None:
-    """The same job with plain SFT (Python API, no registration): what OSFT's frozen directions preserve."""
+    """The same job with plain SFT (Python API, not registered): what OSFT's frozen directions preserve."""
     import json
 
     import yaml
@@ -48,7 +83,8 @@ def compare_with_sft(model_dir: Path) -> None:
     params.pop("phase_02_train_man_unfreeze_rank_ratio")
     print("\nthe same job with plain SFT, for comparison (hone.run_pipeline):", flush=True)
     sft = hone.run_pipeline(params.pop("phase_01_dataset_man_data_uri"), algorithm="sft", model=str(model_dir),
-                            params=params, run_dir=OUT / "pipeline-sft", progress=Progress(lambda line: None))
+                            params=params, run_dir=OUT / "pipeline-sft", registry=False,
+                            progress=Progress(lambda line: None))
     manifest = json.loads((OUT / "pipeline" / "manifest.json").read_text())
     o = manifest["stages"]["evaluation"]["summary"]
     s = sft.results["evaluation"].summary

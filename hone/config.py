@@ -6,6 +6,7 @@ to the section that owns it, so all three skins resolve to the same object.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Mapping
@@ -436,11 +437,11 @@ class LoRAConfig(Section):
                 raise HoneError("eval_data_path and validation_split both choose validation data",
                                 where="parameters eval_data_path and validation_split", fix="give one of them")
             put(train, t, "validation_data_path", self.eval_data_path, "eval_data_path")
-        if self.eval_steps is not None and not (self.eval_data_path or t.validation_data_path or t.validation_split):
-            raise HoneError(f"eval_steps={self.eval_steps} but there is no validation data",
-                            where="parameter eval_steps", fix="pass eval_data_path (or validation_split), or drop "
-                            "eval_steps")
-        if self.eval_steps is not None or (self.eval_data_path and "validation_frequency" not in t.model_fields_set):
+        validating = bool(self.eval_data_path or t.validation_data_path or t.validation_split)
+        if self.eval_steps is not None and not validating:  # Training Hub logs a warning and trains on
+            logging.getLogger("hone").warning("eval_steps=%s: no validation data (eval_data_path or "
+                                              "validation_split), so no validation loss is measured", self.eval_steps)
+        elif self.eval_steps is not None or (self.eval_data_path and "validation_frequency" not in t.model_fields_set):
             put(train, t, "validation_frequency", self.eval_steps or 500, f"eval_steps={self.eval_steps or 500}")
         if self.enable_model_splitting and world > 1:
             raise HoneError(f"enable_model_splitting spreads one model copy over the GPUs of one process, but "
@@ -762,7 +763,8 @@ class RegistryConfig(Section):
                                                                 "(sqlite:///..., http://mlflow:5000).")
     registry_experiment_name: str = Field("hone", description="MLflow experiment of registration runs.")
     registry_address: str = Field("", description="Kubeflow Model Registry address (host or http(s)://host); "
-                                                  "empty = registration is skipped.")
+                                                  "empty: a KFP pipeline skips registration, a local run "
+                                                  "registers in the embedded MLflow registry.")
     registry_port: int = Field(8080, gt=0, lt=65536, description="Kubeflow Model Registry port.")
     registry_author: str = Field("pipeline", description="Author (and owner) recorded with the registered model.")
     registry_is_secure: bool | None = Field(None, description="HTTPS with a bearer token; default from the "
@@ -808,6 +810,7 @@ class PipelineConfig(Section):
         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,NCCL_DEBUG=INFO,INSTRUCTLAB_NCCL_TIMEOUT_MS=600000",
         description="Environment variables as KEY=VAL,KEY=VAL.")
     pull_secret: str = Field("", description="Pull secret for container registry.")
+    runtime: str = Field("training-hub", description="ClusterTrainingRuntime of the TrainJob (more than one worker).")
     dataset_hf_token: str = Field("", description="HuggingFace token for private datasets (prefer the hf-token "
                                                   "secret: a parameter value is visible in the run's record).")
     train_hf_token: str = Field("", description="HuggingFace token for gated models (prefer the hf-token secret).")
@@ -903,7 +906,7 @@ register_algorithm(Algorithm(
     backends=("mini-trainer",), check=_osft_checks,
     defaults={"checkpoint_at_epoch": False},  # mini-trainer's default: one checkpoint, at the end
     # the OpenShift AI OSFT pipeline's hardware defaults
-    pipeline_defaults={"workers": 1, "cpu": "8", "memory": "32Gi"}))
+    pipeline_defaults={"workers": 1, "cpu": "8", "memory": "32Gi", "env_vars": ""}))
 register_algorithm(Algorithm(
     "lora", "LoRA / QLoRA adapters through peft, with assistant-only loss; writes the adapter and the merged "
             "model.", "hone.algorithms.lora:LoRAHooks", backends=("unsloth",),
@@ -911,4 +914,4 @@ register_algorithm(Algorithm(
     # Training Hub's lora_sft (Unsloth backend, TRL SFTConfig; AdamW's beta2 is transformers' 0.999)
     defaults={"num_epochs": 3, "max_seq_len": 2048, "learning_rate": 2e-4, "lr_scheduler": "linear",
               "warmup_steps": 10, "weight_decay": 0.01, "max_grad_norm": 0.3, "beta2": 0.999},
-    pipeline_defaults={"workers": 1, "memory": "32Gi"}))
+    pipeline_defaults={"workers": 1, "memory": "32Gi", "env_vars": ""}))

@@ -5,8 +5,6 @@ the training layer never imports upward. :func:`hone.training.launch.torchrun_co
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -17,9 +15,10 @@ def main(argv: list[str]) -> int:
     from hone.api import run
     from hone.config import RunConfig
     from hone.layout import TrainingLayout
+    from hone.logs import configure, is_main_rank
     from hone.training.callbacks import load_callbacks
 
-    logging.basicConfig(level=logging.INFO, format="hone: %(message)s", stream=sys.stderr)
+    configure()  # the launcher's --quiet/--verbose (HONE_VERBOSITY); INFO lines and progress bars on rank 0 only
     params = json.loads(open(argv[0]).read())
     algorithm = params.pop("algorithm")
     callbacks = TrainingLayout(Path(argv[0]).parent).callbacks_payload  # pickled by the launcher, if any
@@ -29,7 +28,7 @@ def main(argv: list[str]) -> int:
         cfg = RunConfig.from_flat(algorithm, params, source=argv[0])
         run(cfg)
     except HoneError as err:
-        if os.environ.get("RANK", "0") == "0":  # every rank meets the same input error; say it once
+        if is_main_rank():  # every rank meets the same input error; say it once
             print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hone_home(tmp_path_factory):
+    """$HONE_HOME in a temporary directory for the whole session: a pipeline run registers its model in the hone
+    home by default, and nothing a test does may land in the repository's ./hone-runs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HONE_HOME", str(tmp_path_factory.mktemp("hone-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from hone.models.tiny import make_tiny_model

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module belongs to the longest entry that is it or a package above it ("hone" is only the
 # package face hone/__init__.py, never a catch-all).
 LAYERS: dict[str, int] = {
-    "hone.errors": 0, "hone.io": 0, "hone.version": 0, "hone.secrets": 0, "hone.layout": 0,
+    "hone.errors": 0, "hone.io": 0, "hone.version": 0, "hone.secrets": 0, "hone.layout": 0, "hone.logs": 0,
     "hone.config": 1,
     "hone.models": 2, "hone.data": 2,
     "hone.training": 3,

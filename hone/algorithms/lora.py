@@ -29,6 +29,7 @@ from hone.config import LoRAConfig
 from hone.errors import HoneError
 from hone.io import atomic_dir
 from hone.layout import adapter_dir
+from hone.logs import harmless_warnings
 from hone.models.structure import linear_layers, linear_types, plain_class, transformer_blocks
 from hone.training.hooks import AlgorithmHooks
 
@@ -140,9 +141,8 @@ class LoRAHooks(AlgorithmHooks):
                     fix=f"run on a machine with an NVIDIA GPU and `pip install bitsandbytes`, or drop {flag} to "
                         "train plain LoRA on an unquantized base")
         cuda = torch.cuda.is_available() and not self.device.startswith("cpu")
-        if c.tf32 and not cuda:
-            raise HoneError("tf32=True: TensorFloat-32 is a matmul mode of NVIDIA GPUs, and this run is on the CPU",
-                            where="parameter tf32", fix="drop tf32 (or set it False) on CPU, or run on a CUDA GPU")
+        if c.tf32 and not cuda:  # Training Hub accepts it anywhere (its backend never reads it): say it, go on
+            log.info("tf32=True: TensorFloat-32 is a matmul mode of NVIDIA GPUs; on the CPU it changes nothing")
         if c.enable_model_splitting and (not cuda or torch.cuda.device_count() < 2):
             raise HoneError(f"enable_model_splitting spreads the model over several GPUs; this machine has "
                             f"{torch.cuda.device_count() if cuda else 0} usable", where="parameter "
@@ -256,7 +256,8 @@ class LoRAHooks(AlgorithmHooks):
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
         try:
-            peft_model = get_peft_model(model, self.lora_config(targets))
+            with harmless_warnings():  # transformers' is_gradient_checkpointing deprecation, read by peft
+                peft_model = get_peft_model(model, self.lora_config(targets))
         except ValueError as err:
             raise HoneError(f"peft could not add the adapters: {err}", where="LoRA parameters "
                             "(target_modules, lora_r, init_lora_weights, ...)",
@@ -316,7 +317,8 @@ class LoRAHooks(AlgorithmHooks):
             fresh = plain_class(base).from_pretrained(source, dtype=self._base_dtype or base.dtype,
                                                        use_safetensors=True)
             fresh.eval()
-            wrapped = get_peft_model(fresh, config)
+            with harmless_warnings():
+                wrapped = get_peft_model(fresh, config)
         result = set_peft_model_state_dict(wrapped, adapter_state)
         missing = [k for k in result.missing_keys if "lora_" in k]
         if missing or result.unexpected_keys:

@@ -56,19 +56,12 @@ def eval_command(config_file: str | None, print_config: bool, **values: Any) -> 
 
     result = run_evaluation(cfg)
     click.echo(f"\nevaluated in {result.elapsed_s:.1f}s")
+    from hone.evaluation.compare import read_directions, terminal_table, values_table
+
     if result.comparison is None:
-        width = max((len(k) for k in result.metrics), default=10)
-        for name, value in sorted(result.metrics.items()):
-            click.echo(f"  {name:<{width}}  {value:.4f}")
+        click.echo(values_table(result.metrics, read_directions(result.output_dir)))
     else:
-        width = max(len(r.name) for r in result.comparison)
-        click.echo(f"  {'metric':<{width}}  {'base':>10}  {'tuned':>10}  change")
-        for r in result.comparison:
-            change = "" if r.change is None else f"{r.change:+.1%}"
-            base = "-" if r.base is None else f"{r.base:.4f}"
-            tuned = "-" if r.tuned is None else f"{r.tuned:.4f}"
-            click.echo(f"  {r.name:<{width}}  {base:>10}  {tuned:>10}  {change}"
-                       + ("  <- forgetting" if r.forgetting else ""))
+        click.echo(terminal_table(result.comparison))
         if result.forgetting:
             click.echo(f"\n{len(result.forgetting)} metric(s) dropped by more than {cfg.forgetting_threshold:.0%}: "
                        + ", ".join(result.forgetting))

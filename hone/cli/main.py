@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -17,14 +18,28 @@ from hone.cli.options import given, parameter_options
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="hone")
-def cli() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings, errors and results: no progress bars, no "
+              "INFO lines.")
+@click.option("--verbose", "-v", is_flag=True, help="Also the raw output of the libraries hone uses "
+              "(transformers, lm-eval, MLflow, datasets): their INFO lines, warnings and progress bars.")
+def cli(quiet: bool = False, verbose: bool = False) -> None:
     """hone: fine-tune language models with SFT, OSFT and LoRA.
 
     \b
-    Quick start (offline, on CPU):
+    Quick start (offline, on CPU, in the repository's directory: examples/ is shipped with it):
       hone tiny-model --output tiny/            # a small model to experiment with
-      hone train sft --model tiny/ --data chat.jsonl --output run/ --num-epochs 3
+      hone train sft --model tiny/ --data examples/data/chat.jsonl --output run/ --num-epochs 3
+      hone eval --model run/ --base tiny/ --eval-data examples/eval/holdout.jsonl --output run/eval
+      hone pipeline run --data examples/data/chat.jsonl --model tiny/ -p 'phase_03_eval_man_tasks=[]'
+      hone registry list                        # the model the pipeline registered
     """
+    from hone.logs import configure, is_main_rank
+
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
+    configure("quiet" if quiet else "verbose" if verbose else None)  # exported to the processes hone starts
+    if not is_main_rank():  # under torchrun every rank runs this command: rank 0 prints the results
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
 
 
 @cli.group()
@@ -99,11 +114,30 @@ from hone.cli.eval import eval_command  # noqa: E402
 cli.add_command(eval_command)
 from hone.cli.pipeline import pipeline  # noqa: E402
 cli.add_command(pipeline)
+from hone.cli.chat import chat, generate  # noqa: E402
+cli.add_command(chat); cli.add_command(generate)  # noqa: E702
+
+
+def _not_printed_yet(record: logging.LogRecord) -> bool:
+    """False for a record a library's own handler has printed already (huggingface_hub, datasets... add one to
+    their logger and still propagate to the root): without this each of their lines, e.g. the hub's
+    "Retrying in 1s [Retry 1/5]", is printed twice."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if logger.handlers:
+            return False
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: HoneError -> message on stderr, exit 2, no traceback."""
     logging.basicConfig(level=logging.INFO, format="hone: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if _not_printed_yet not in handler.filters:
+            handler.addFilter(_not_printed_yet)
     try:
         cli.main(args=argv, prog_name="hone", standalone_mode=False)
     except HoneError as err:

@@ -43,18 +43,22 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--force", is_flag=True, help="Rerun every stage, even those whose inputs did not change.")
 @click.option("--force-from", type=click.Choice(list(STAGES)),
               help="Rerun this stage and the ones after it.")
-@click.option("--registry-home", help="Register in the embedded MLflow registry under this hone home "
-                                      "(when no phase_04_registry_man_address is given).")
+@click.option("--registry-home", help="hone home of the embedded MLflow registry the model is registered in "
+                                      "(default $HONE_HOME, else ./hone-runs). A phase_04_registry_man_address "
+                                      "registers in that Kubeflow Model Registry instead.")
 @click.option("--registry-uri", help="Register in this MLflow store (sqlite:///..., http://...) instead.")
+@click.option("--no-register", is_flag=True, help="Skip the registration stage (its result is SKIPPED).")
 def run_command(data: str | None, algorithm: str | None, model: str | None, config_file: str | None,
                 param_items: tuple[str, ...], run_dir: str | None, force: bool, force_from: str | None,
-                registry_home: str | None, registry_uri: str | None) -> None:
+                registry_home: str | None, registry_uri: str | None, no_register: bool) -> None:
     """Run the pipeline on this machine, with caching: rerunning skips the stages already done.
 
     \b
     Only the dataset is required:
-      hone pipeline run --data chat.jsonl --model tiny/ --algorithm osft
-    The run directory holds each stage's outputs, manifest.json and report.html.
+      hone tiny-model --output tiny/
+      hone pipeline run --data examples/data/chat.jsonl --model tiny/ --algorithm osft
+    The run directory holds each stage's outputs, manifest.json and report.html. The model is registered
+    in the embedded MLflow registry under the hone home (`hone registry list`) unless --no-register.
     """
     from hone.config import RegistryConfig, load_yaml_config
     from hone.pipeline.runner import run_pipeline
@@ -71,8 +75,13 @@ def run_command(data: str | None, algorithm: str | None, model: str | None, conf
     for key, value in _pairs(param_items).items():
         given[key] = value
         origins[key] = f"--param {key}"
-    registry = None
-    if registry_home or registry_uri:
+    registry: Any = None  # the runner's default: the embedded MLflow registry under the hone home
+    if no_register:
+        if registry_home or registry_uri:
+            raise HoneError("--no-register contradicts --registry-home/--registry-uri", where="--no-register",
+                            fix="pass either --no-register or a registry")
+        registry = RegistryConfig(registry_backend="none")
+    elif registry_home or registry_uri:
         registry = RegistryConfig(registry_backend="mlflow", registry_home=registry_home,
                                   registry_tracking_uri=registry_uri)
     result = run_pipeline(data, algorithm=algorithm or "sft", model=model, params=given, run_dir=run_dir,
@@ -94,17 +103,12 @@ def summary_table(result: Any) -> str:
                      f"{headline(stage, info.get('summary', {}))}")
     ev = result.results.get("evaluation")
     if ev and ev.summary.get("base_metrics") is not None:
-        lines.append("")
-        lines.append(f"{'metric':<40} {'base':>10} {'tuned':>10}")
-        base = ev.summary["base_metrics"]
-        for name, tuned in sorted(ev.summary["metrics"].items()):
-            flag = "  <- forgetting" if name in ev.summary.get("forgetting", []) else ""
-            lines.append(f"{name:<40} {_num(base.get(name)):>10} {_num(tuned):>10}{flag}")
+        from hone.evaluation.compare import compare, read_directions, terminal_table
+
+        directions = read_directions(result.stage_dir("evaluation"))
+        rows = compare(ev.summary["base_metrics"], ev.summary["metrics"], directions)
+        lines += ["", terminal_table(rows, forgetting=ev.summary.get("forgetting", []), indent="")]
     return "\n".join(lines)
-
-
-def _num(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
 
 
 @pipeline.command("params")

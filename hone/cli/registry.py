@@ -230,16 +230,19 @@ def alias_cmd(ref: str, alias: str, config_file: str | None, **values: Any) -> N
 @click.option("--ui-port", "ui_port", default=5000, show_default=True, help="Port of the MLflow UI on 127.0.0.1.")
 @connection_options
 def ui_cmd(ui_port: int, config_file: str | None, **values: Any) -> None:
-    """Start the MLflow UI on the registry, bound to 127.0.0.1, and print its URL (Ctrl-C stops it)."""
-    import os
-
-    from hone.registry.ui import ui_command
+    """Start the MLflow UI on the registry, bound to 127.0.0.1, and print its URL once it answers (Ctrl-C stops
+    it)."""
+    from hone.registry import ui
 
     reg = _open(config_file, values)
-    argv, url = ui_command(reg, ui_port)
-    click.echo(f"MLflow UI: {url}")
-    if not argv:
+    argv, url = ui.ui_command(reg, ui_port)
+    if not argv:  # an MLflow server: its own UI
+        click.echo(f"MLflow UI: {url}")
         return
+    click.echo(f"starting the MLflow UI on {url} (it can take a minute) ...", err=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)
+    code = ui.serve(argv, url, lambda ready: click.echo(f"MLflow UI: {ready}"))
+    if code:
+        raise HoneError(f"the MLflow UI server stopped with status {code}", where="mlflow server",
+                        fix="see its output above")

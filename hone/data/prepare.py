@@ -31,6 +31,7 @@ from hone.data.tokenize import IGNORE, Tokenized, check_chat_tokenizer
 from hone.errors import HoneError
 from hone.io import atomic_write_text
 from hone.layout import PROCESSED_SAMPLES_FILE, PROCESSED_VALIDATION_FILE
+from hone.logs import progress
 
 MAX_ERRORS_SHOWN = 10
 PARALLEL_MIN_ROWS = 2000  # below this, forking workers costs more than it saves
@@ -128,7 +129,8 @@ def tokenize_samples(train: list[tuple[str, Any]], cfg: DataConfig, tokenizer, r
     rows = [r for _, r in train]
     workers = num_workers or cfg.data_num_workers or (resolve_workers(None) if len(rows) >= PARALLEL_MIN_ROWS
                                                       else 1)
-    tokenized = list(tokenize_rows(rows, tokenizer, unmask_messages=cfg.unmask_messages, workers=workers))
+    tokenized = list(progress(tokenize_rows(rows, tokenizer, unmask_messages=cfg.unmask_messages, workers=workers),
+                              desc="tokenizing", total=len(rows)))
     del rows
     if mode == "pretraining":
         stream = [t for tok in tokenized for t in tok.input_ids]

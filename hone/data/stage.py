@@ -35,6 +35,7 @@ from hone.data.tokenize import check_chat_tokenizer
 from hone.data.validate import ScanResult, Validator, row_errors_text
 from hone.errors import HoneError
 from hone.io import atomic_write_text
+from hone.logs import progress
 
 TRAIN_FILE, EVAL_FILE, REPORT_FILE = "train.jsonl", "eval.jsonl", "dataset_report.json"
 SKIP_INVALID_HINT = "; or pass --skip-invalid to leave invalid rows out"
@@ -93,12 +94,13 @@ def check_dataset(cfg: DataConfig, tokenizer: Any = None, *, tokenizer_name: str
     with open_source(cfg.data_path, SourceOptions.from_config(cfg)) as src:
         rows = validator.run(src.records())
         if tokenizer is None:
-            for _ in rows:
+            for _ in progress(rows, desc=f"checking {src.display}"):
                 pass
         else:
-            lengths.extend(tokenize_rows(_chat_check(rows, tokenizer, "--tokenizer"), tokenizer,
-                                         unmask_messages=cfg.unmask_messages, lengths_only=True,
-                                         workers=num_workers or cfg.data_num_workers))
+            lengths.extend(progress(tokenize_rows(_chat_check(rows, tokenizer, "--tokenizer"), tokenizer,
+                                                  unmask_messages=cfg.unmask_messages, lengths_only=True,
+                                                  workers=num_workers or cfg.data_num_workers),
+                                    desc=f"checking and tokenizing {src.display}"))
         res = validator.result
         tokens = None if tokenizer is None else TokenStats.from_lengths(
             lengths, tokenizer_name or getattr(tokenizer, "name_or_path", "tokenizer"), cfg.max_seq_len)
@@ -184,7 +186,7 @@ def split_source(cfg: DataConfig, spool_dir: str | Path, *, seed: int = 42, skip
         with open_source(cfg.data_path, SourceOptions.from_config(cfg)) as src:
             spool = _Output(Path(spool_dir), "all.jsonl")
             wheres: list[str] | None = [] if keep_where else None
-            for where, row in validator.run(src.records()):
+            for where, row in progress(validator.run(src.records()), desc=f"reading {src.display}"):
                 spool.write(json.dumps(row, ensure_ascii=False) + "\n")
                 if wheres is not None:
                     wheres.append(where)
@@ -237,8 +239,10 @@ def prepare_dataset(cfg: DataConfig, output_dir: str | Path, tokenizer: Any = No
             else:
                 if split.scan.chat_rows:
                     check_chat_tokenizer(tokenizer, where="--tokenizer")
-                lengths.extend(tokenize_rows(routed(), tokenizer, unmask_messages=cfg.unmask_messages,
-                                             lengths_only=True, workers=num_workers or cfg.data_num_workers))
+                selected = split.selection.train_rows + split.selection.eval_rows
+                lengths.extend(progress(tokenize_rows(routed(), tokenizer, unmask_messages=cfg.unmask_messages,
+                                                      lengths_only=True, workers=num_workers or cfg.data_num_workers),
+                                        desc="tokenizing", total=selected))
             tokens = None if tokenizer is None else TokenStats.from_lengths(
                 lengths, tokenizer_name or getattr(tokenizer, "name_or_path", "tokenizer"), cfg.max_seq_len)
             report = split.report(cfg, seed=seed, skip_invalid=skip_invalid, tokens=tokens)

@@ -31,13 +31,38 @@ class MetricChange:
         return self.name.split("/", 1)[0]
 
 
+# The rule for metrics whose direction nobody reported, by metric name (``task/metric.filter`` -> ``metric``):
+# hone's holdout metrics (hone.evaluation.holdout.HIGHER_IS_BETTER) and lm-eval's usual ones.
+HIGHER = frozenset({"acc", "acc_norm", "acc_mutual_info", "exact_match", "em", "contains", "f1", "bleu", "chrf",
+                    "mcc", "rouge1", "rouge2", "rougeL", "rougeLsum", "pass@1", "pass@10", "accuracy",
+                    "prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc",
+                    "inst_level_loose_acc", "brier_score_inverse"})
+LOWER = frozenset({"loss", "perplexity", "ppl", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter",
+                   "brier_score", "eval_loss"})
+
+
+def direction(name: str, reported: bool | None = None) -> bool | None:
+    """Whether a higher value of metric ``name`` is better: ``reported`` (lm-eval's ``higher_is_better``) when
+    given, else the rule for known metric names (loss, perplexity: lower; accuracy, exact match, F1: higher),
+    else None (unknown)."""
+    if reported is not None:
+        return bool(reported)
+    metric = name.rsplit("/", 1)[-1].split(".", 1)[0]  # "task/acc_norm.filter" -> "acc_norm"
+    if metric in HIGHER:
+        return True
+    if metric in LOWER:
+        return False
+    return None
+
+
 def compare(base: dict[str, float], tuned: dict[str, float], higher_is_better: dict[str, bool | None],
             threshold: float = 0.05) -> list[MetricChange]:
-    """One row per metric of either model (sorted by name)."""
+    """One row per metric of either model (sorted by name). A direction missing from ``higher_is_better``
+    comes from :func:`direction`'s rule."""
     rows = []
     for name in sorted(set(base) | set(tuned)):
         b, t = base.get(name), tuned.get(name)
-        hib = higher_is_better.get(name)
+        hib = direction(name, higher_is_better.get(name))
         delta = change = None
         if _num(b) and _num(t):
             delta = t - b
@@ -57,6 +82,64 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     if abs(x) >= 1000:
         return f"{x:,.1f}"
     return f"{x:.{digits}f}"
+
+
+GOAL = {True: "higher", False: "lower", None: "?"}
+
+
+def verdict(row: MetricChange) -> str:
+    """``↑ better`` / ``↓ worse`` / ``= same`` for the row's change in its metric's direction ('' when unknown)."""
+    if row.delta is None or row.higher_is_better is None:
+        return ""
+    if row.delta == 0:
+        return "= same"
+    return "↑ better" if (row.delta > 0) == row.higher_is_better else "↓ worse"
+
+
+def terminal_table(rows: list[MetricChange], *, forgetting: list[str] | None = None, indent: str = "  ") -> str:
+    """Base vs tuned for the terminal: each metric with its goal (higher/lower is better), both values, the
+    relative change of the value itself (``-57.9%`` for a loss that fell) and ``↑ better`` / ``↓ worse``.
+    ``forgetting`` (names) overrides the rows' own flags (a caller that used another threshold)."""
+    flagged = set(forgetting) if forgetting is not None else {r.name for r in rows if r.forgetting}
+    width = max([len(r.name) for r in rows] + [6])
+    lines = [f"{indent}{'metric':<{width}}  {'goal':<6}  {'base':>10}  {'tuned':>10}  {'change':>8}"]
+    for r in rows:
+        raw = "" if r.delta is None else f"{r.delta / (abs(r.base) if r.base else 1.0):+.1%}"
+        line = (f"{indent}{r.name:<{width}}  {GOAL[r.higher_is_better]:<6}  {_fmt(r.base):>10}  {_fmt(r.tuned):>10}"
+                f"  {raw:>8}  {verdict(r)}")
+        lines.append(line.rstrip() + ("  <- forgetting" if r.name in flagged else ""))
+    lines.append(f"{indent}goal: which way is better; change: tuned vs base, relative to base; "
+                 "↑ better / ↓ worse in the metric's goal")
+    return "\n".join(lines)
+
+
+def values_table(metrics: dict[str, float], higher_is_better: dict[str, bool | None] | None = None, *,
+                 indent: str = "  ") -> str:
+    """One model's metrics for the terminal, each with its goal (higher/lower is better)."""
+    hib = higher_is_better or {}
+    width = max([len(k) for k in metrics] + [6])
+    lines = [f"{indent}{'metric':<{width}}  {'goal':<6}  {'value':>10}"]
+    for name, value in sorted(metrics.items()):
+        goal = GOAL[direction(name, hib.get(name, hib.get(name.split(".", 1)[0])))]  # task/metric.filter too
+        lines.append(f"{indent}{name:<{width}}  {goal:<6}  {_fmt(value):>10}")
+    return "\n".join(lines)
+
+
+def read_directions(directory: str | Path) -> dict[str, bool | None]:
+    """The directions an evaluation output directory recorded: ``comparison.json``'s rows, else lm-eval's
+    ``higher_is_better`` in ``eval_results.json`` (``task/metric`` keys); {} when neither is readable."""
+    d = Path(directory)
+    try:
+        data = json.loads((d / "comparison.json").read_text(encoding="utf-8"))
+        return {m["name"]: m.get("higher_is_better") for m in data.get("metrics", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    try:
+        data = json.loads((d / "eval_results.json").read_text(encoding="utf-8"))
+        return {f"{task}/{metric}": v for task, row in (data.get("higher_is_better") or {}).items()
+                for metric, v in (row or {}).items() if isinstance(v, bool)}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 def markdown(rows: list[MetricChange], *, base_label: str, tuned_label: str, threshold: float) -> str:

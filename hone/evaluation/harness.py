@@ -9,6 +9,7 @@ directory when the file exists there (lm-eval itself resolves them from the curr
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hone.errors import HoneError, suggest
+from hone.logs import is_verbose, progress, quiet_logger, third_party_bars
 
 log = logging.getLogger("hone")
 
@@ -290,7 +292,7 @@ def make_lm(backend: str, *, model=None, tokenizer=None, model_path: str | None 
 
     if batch_size == "auto" and getattr(device, "type", str(device)) == "cpu":
         batch_size = CPU_BATCH_SIZE
-    logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)  # "pretrained is not a str" notes
+    quiet_logger("lm_eval.models.huggingface", level=logging.ERROR)  # "pretrained is not a str" notes
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_batch_size=64,
                 trust_remote_code=trust_remote_code)
 
@@ -301,14 +303,12 @@ def run_tasks(lm, plan: TaskPlan, tasks: list[Any] | None = None, *, limit: int 
     """``simple_evaluate`` on ``tasks`` (default: freshly loaded from ``plan``); returns lm-eval's results dict."""
     from lm_eval import simple_evaluate
 
-    quiet = logging.getLogger("lm_eval")
-    if quiet.level == logging.NOTSET:  # lm-eval's INFO lines would drown hone's own; keep its warnings
-        quiet.setLevel(logging.WARNING)
     try:
-        results = simple_evaluate(model=lm, tasks=tasks if tasks is not None else plan.load(),
-                                  task_manager=plan.manager, limit=limit, num_fewshot=num_fewshot,
-                                  apply_chat_template=apply_chat_template, log_samples=log_samples,
-                                  bootstrap_iters=bootstrap_iters)
+        with lm_eval_output():
+            results = simple_evaluate(model=lm, tasks=tasks if tasks is not None else plan.load(),
+                                      task_manager=plan.manager, limit=limit, num_fewshot=num_fewshot,
+                                      apply_chat_template=apply_chat_template, log_samples=log_samples,
+                                      bootstrap_iters=bootstrap_iters)
     except HoneError:
         raise
     except Exception as err:  # noqa: BLE001
@@ -319,6 +319,72 @@ def run_tasks(lm, plan: TaskPlan, tasks: list[Any] | None = None, *, limit: int 
         raise HoneError("lm-eval returned no results (not the main process)", where="evaluation",
                         fix="run hone eval as a single process")
     return results
+
+
+# lm-eval modules that draw tqdm bars (bound at import as ``tqdm``); lm_eval.api.metrics imports it when it
+# bootstraps, so the ``tqdm`` module's own attribute is swapped too while lm-eval runs
+_BAR_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface",
+                "lm_eval.models.vllm_causallms")
+
+
+def _hone_bar(iterable: Any = None, *args: Any, **kwargs: Any):
+    """An lm-eval progress bar drawn as hone's (:func:`hone.logs.progress`: on a terminal, not with --quiet)."""
+    if args:  # tqdm's positional form beyond the iterable (lm-eval does not use it): keep it as it is
+        from tqdm.std import tqdm
+
+        return tqdm(iterable, *args, **kwargs)
+    desc = kwargs.pop("desc", None) or "building requests"
+    desc = desc[:1].lower() + desc[1:]
+    disabled = bool(kwargs.pop("disable", False))
+    kwargs.setdefault("unit", "request")
+    return progress(iterable, desc=f"lm-eval: {desc}", enabled=not disabled, **kwargs)
+
+
+def _quiet_git_hash() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` without git's "fatal: not a git repository" on stderr."""
+    import subprocess
+
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL,  # noqa: S607
+                                       cwd=os.getcwd()).strip().decode()
+    except (subprocess.CalledProcessError, FileNotFoundError, OSError):
+        from lm_eval.loggers.utils import get_commit_from_path
+
+        return get_commit_from_path(os.getcwd())
+
+
+@contextlib.contextmanager
+def lm_eval_output():
+    """While lm-eval runs: its progress bars are hone's (one rule for every bar: a terminal, not --quiet; each
+    bar gone once done), its INFO lines and the datasets/hub progress bars are off, and git's complaint outside
+    a repository is not printed. With ``hone --verbose``: lm-eval's own output, untouched."""
+    import sys
+
+    import tqdm as tqdm_module
+
+    if is_verbose():
+        yield
+        return
+    third_party_bars()
+    lm_log = logging.getLogger("lm_eval")
+    if lm_log.level == logging.NOTSET:  # lm-eval's INFO lines would drown hone's own; keep its warnings
+        lm_log.setLevel(logging.WARNING)
+    swapped: list[tuple[Any, str, Any]] = []
+    for name in _BAR_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "tqdm"):
+            swapped.append((module, "tqdm", module.tqdm))
+    swapped.append((tqdm_module, "tqdm", tqdm_module.tqdm))
+    evaluator = sys.modules.get("lm_eval.evaluator")
+    if evaluator is not None and hasattr(evaluator, "get_git_commit_hash"):
+        swapped.append((evaluator, "get_git_commit_hash", evaluator.get_git_commit_hash))
+    try:
+        for module, attr, _ in swapped:
+            setattr(module, attr, _quiet_git_hash if attr == "get_git_commit_hash" else _hone_bar)
+        yield
+    finally:
+        for module, attr, original in swapped:
+            setattr(module, attr, original)
 
 
 # -- results ------------------------------------------------------------------------------------------------------

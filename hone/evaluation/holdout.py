@@ -24,6 +24,7 @@ from hone.data.sources import read_records
 from hone.data.tokenize import IGNORE, Tokenized, check_chat_tokenizer, special_token_ids, tokenize_conversation
 from hone.errors import HoneError
 from hone.evaluation.scoring import score, strip_reasoning
+from hone.logs import progress
 
 log = logging.getLogger("hone")
 
@@ -165,10 +166,10 @@ def stop_token_ids(tokenizer, model, samples: list[HoldoutSample]) -> list[int]:
 
 
 @torch.no_grad()
-def token_losses(model, samples: list[Tokenized], device: torch.device) -> list[tuple[float, int]]:
+def token_losses(model, samples: list[Tokenized], device: torch.device, bar: Any = None) -> list[tuple[float, int]]:
     """(summed loss, loss tokens) per sample, computed by the training loss itself
     (:func:`hone.training.loss.forward_loss_sum` on a one-sample packed row: float32 cross-entropy over the
-    trained tokens, the next-token shift inside the sample)."""
+    trained tokens, the next-token shift inside the sample). ``bar``: a progress bar advanced per sample."""
     from hone.training.loss import forward_loss_sum
 
     out = []
@@ -178,13 +179,16 @@ def token_losses(model, samples: list[Tokenized], device: torch.device) -> list[
         batch = row.to(device)
         batch.loss_positions = positions.to(device)  # host-computed: no device sync inside the loss
         out.append((float(forward_loss_sum(model, batch)), int(positions.numel())))
+        if bar is not None:
+            bar.update(1)
     return out
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
-             batch_size: int, device: torch.device) -> list[str]:
-    """Greedy continuations of token prompts (left-padded batches of similar length; deterministic)."""
+             batch_size: int, device: torch.device, bar: Any = None) -> list[str]:
+    """Greedy continuations of token prompts (left-padded batches of similar length; deterministic).
+    ``bar``: a progress bar advanced per prompt."""
     from transformers import GenerationConfig
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids[0] if stop_ids else 0)
@@ -209,6 +213,8 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                     new = new[:k]
                     break
             texts[i] = tokenizer.decode(new, skip_special_tokens=True)
+        if bar is not None:
+            bar.update(len(idx))
     return texts
 
 
@@ -220,8 +226,10 @@ def _exp(x: float) -> float:
 
 
 def run_holdout(model, tokenizer, samples: list[HoldoutSample], *, device: torch.device, max_new_tokens: int = 64,
-                batch_size: int = 8, max_seq_len: int | None = None, generate_answers: bool = True) -> HoldoutResult:
-    """Loss, perplexity and generation scores of ``model`` on ``samples`` (from :func:`read_holdout`)."""
+                batch_size: int = 8, max_seq_len: int | None = None, generate_answers: bool = True,
+                desc: str = "holdout") -> HoldoutResult:
+    """Loss, perplexity and generation scores of ``model`` on ``samples`` (from :func:`read_holdout`);
+    ``desc`` names the progress bar (drawn only on a terminal: :func:`hone.logs.progress`)."""
     samples = [HoldoutSample(s.where, s.messages) for s in samples]  # prepare() fills per-tokenizer fields
     if max_seq_len is None:
         max_seq_len = getattr(model.config, "max_position_embeddings", None)
@@ -234,13 +242,16 @@ def run_holdout(model, tokenizer, samples: list[HoldoutSample], *, device: torch
                         fix="give conversations with assistant turns that fit the model's context (max_seq_len)")
     was_training = model.training
     model.eval()
+    gen = [s for s in kept if s.target is not None] if generate_answers else []
+    # one bar: a loss per sample, then a generation per sample with an answer
+    bar = progress(desc=desc, total=len(kept) + len(gen), unit="sample")
     try:
-        losses = token_losses(model, [s.tokens for s in kept], device)
-        gen = [s for s in kept if s.target is not None] if generate_answers else []
+        losses = token_losses(model, [s.tokens for s in kept], device, bar=bar)
         predictions = generate(model, tokenizer, [s.prompt_ids for s in gen], max_new_tokens=max_new_tokens,
                                stop_ids=stop_token_ids(tokenizer, model, kept), batch_size=batch_size,
-                               device=device) if gen else []
+                               device=device, bar=bar) if gen else []
     finally:
+        bar.close()
         model.train(was_training)
 
     total_loss, total_tokens = sum(loss for loss, _ in losses), sum(n for _, n in losses)

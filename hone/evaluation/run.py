@@ -165,7 +165,7 @@ def evaluate_model(cfg: EvalConfig, label: str, path: str, samples: list[holdout
     if samples is not None:
         gen_batch = cfg.batch_size if isinstance(cfg.batch_size, int) else (8 if device.type == "cpu" else 32)
         hold = holdout.run_holdout(model, tokenizer, samples, device=device, max_new_tokens=cfg.max_new_tokens,
-                                   batch_size=gen_batch, max_seq_len=cfg.max_seq_len)
+                                   batch_size=gen_batch, max_seq_len=cfg.max_seq_len, desc=f"holdout ({label})")
         for k, v in hold.metrics.items():
             metrics[f"{holdout.TASK}/{k}"] = v
             better[f"{holdout.TASK}/{k}"] = holdout.HIGHER_IS_BETTER.get(k)

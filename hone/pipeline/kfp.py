@@ -93,8 +93,9 @@ def _signature(flavour: str) -> inspect.Signature:
     exposed = params_for(flavour)
     ordered = [p for p in exposed if p.name == DATA_URI] + [p for p in exposed if p.name != DATA_URI]
     return inspect.Signature([
-        inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=_annotation(p),
-                          default=inspect.Parameter.empty if p.name == DATA_URI else p.default_for(algorithm))
+        inspect.Parameter(p.name_for(flavour), inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=_annotation(p),
+                          default=inspect.Parameter.empty if p.name == DATA_URI else
+                          p.default_for(algorithm, flavour))
         for p in ordered], return_annotation=str)
 
 
@@ -104,7 +105,7 @@ def _docstring(flavour: str) -> str:
     kind = "entry-level: one required parameter" if flavour.endswith("-minimal") else "expert: every parameter"
     head = (f"hone {algorithm.upper()} fine-tuning pipeline ({kind}): dataset -> training -> evaluation -> "
             f"model registry. Only {DATA_URI} is required. Docs: docs/kfp.md in the hone repository.")
-    lines = [f"    {p.name}: {p.help}" for p in params_for(flavour)]
+    lines = [f"    {p.name_for(flavour)}: {p.help}" for p in params_for(flavour)]
     return head + "\n\nArgs:\n" + "\n".join(lines) + "\n"
 
 
@@ -154,8 +155,8 @@ def pipeline_function(flavour: str, *, image: str | None = None, storage_class: 
     def body(*args: Any, **kwargs: Any) -> Any:
         given = signature.bind(*args, **kwargs).arguments
         # every parameter of the algorithm: the flavour's as pipeline inputs, the others as constants
-        v = {p.name: given[p.name] if p.name in given else p.default_for(algorithm)
-             for p in PARAMS if algorithm in p.algorithms}
+        v = {p.name: given[p.name_for(flavour)] if p.name_for(flavour) in given
+             else p.default_for(algorithm, flavour) for p in PARAMS if algorithm in p.algorithms}
 
         ds = comps.dataset(algorithm=algorithm, **pick(comps.dataset.python_func, v))
         finish(ds, "dataset", "dataset")

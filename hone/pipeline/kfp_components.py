@@ -46,7 +46,7 @@ def stage_values(algorithm: str, given: Mapping[str, Any]) -> Dict[str, Any]:
 
     def foreign_default(name: str, value: Any) -> bool:
         p = BY_NAME.get(name)
-        return p is not None and algorithm not in p.algorithms and value == p.default_for(p.algorithms[0])
+        return p is not None and algorithm not in p.algorithms and value == p.component_default
 
     picked = {k: v for k, v in given.items() if k.startswith("phase_") and not foreign_default(k, v)}
     return resolve(algorithm, picked, origins={k: "KFP pipeline parameters" for k in picked})
@@ -212,14 +212,43 @@ def training(
     phase_02_train_opt_save_samples: int,
     phase_02_train_opt_seed: int,
     phase_02_train_opt_use_liger: bool,
-    # one algorithm's inputs: their table defaults (checked by the tests); other algorithms leave them so
+    phase_02_train_opt_lr_scheduler_kwargs: str,
+    phase_02_train_opt_runtime: str,
+    phase_02_train_opt_processed_data: bool,
+    phase_02_train_opt_unmask: bool,
+    phase_02_train_opt_save_final: bool,
+    phase_02_train_opt_logging_steps: int,
+    phase_02_train_opt_tensorboard_log_dir: str,
+    phase_02_train_opt_wandb_project: str,
+    phase_02_train_opt_wandb_entity: str,
+    phase_02_train_opt_wandb_run_name: str,
+    # one algorithm's inputs: its expert pipeline's defaults (checked by the tests); others leave them so
     phase_02_train_man_unfreeze_rank_ratio: float = 0.25,
     phase_02_train_opt_target_patterns: str = "",
     phase_02_train_man_lora_r: int = 16,
     phase_02_train_man_lora_alpha: int = 32,
     phase_02_train_opt_lora_dropout: float = 0.0,
-    phase_02_train_opt_target_modules: str = "",
-    phase_02_train_opt_load_in_4bit: bool = False,
+    phase_02_train_opt_lora_target_modules: str = "",
+    phase_02_train_opt_lora_load_in_4bit: bool = True,
+    phase_02_train_opt_lora_load_in_8bit: bool = False,
+    phase_02_train_opt_lora_use_dora: bool = False,
+    phase_02_train_opt_lora_use_rslora: bool = False,
+    phase_02_train_opt_lora_sample_packing: bool = False,
+    phase_02_train_opt_micro_batch_size: int = 2,
+    phase_02_train_opt_grad_accum_steps: int = 1,
+    phase_02_train_opt_bf16: bool = True,
+    phase_02_train_opt_fp16: bool = False,
+    phase_02_train_opt_tf32: bool = True,
+    phase_02_train_opt_flash_attention: bool = True,
+    phase_02_train_opt_enable_model_splitting: bool = False,
+    phase_02_train_opt_save_steps: int = 500,
+    phase_02_train_opt_save_total_limit: int = 3,
+    phase_02_train_opt_eval_steps: int = 500,
+    phase_02_train_opt_dataset_type: str = "",
+    phase_02_train_opt_field_messages: str = "",
+    phase_02_train_opt_field_instruction: str = "",
+    phase_02_train_opt_field_input: str = "",
+    phase_02_train_opt_field_output: str = "",
 ):
     """Stage 2: fine-tune the base model in this pod, or through a Kubeflow TrainJob (launcher="trainjob")."""
     from hone.pipeline.kfp_components import run_training

@@ -55,6 +55,21 @@ CSV = Codec("csv", str, _csv_in, lambda v: ",".join(v or []))
 NO_LIMIT = Codec("no-limit", int, lambda v, _o: None if v == -1 else v, lambda v: -1 if v is None else v)
 #: a field that takes a number or a word ("auto") <-> text
 TEXT = Codec("text", str, lambda v, _o: v, lambda v: "" if v is None else str(v))
+#: an optional text field <-> text ("" = not set)
+EMPTY_NONE = Codec("empty-none", str, lambda v, _o: v if v else None, lambda v: "" if v is None else str(v))
+
+
+def _json_in(value: Any, _optional: bool) -> Any:
+    if isinstance(value, dict) or not str(value).strip():
+        return value or {}
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not a JSON object ({err.msg})") from None
+
+
+#: a mapping field <-> JSON text ("" = empty), as the upstream pipelines spell lr_scheduler_kwargs
+JSON_TEXT = Codec("json-text", str, _json_in, lambda v: json.dumps(v) if v else "")
 
 
 def _strip_optional(annotation: Any) -> tuple[Any, bool]:
@@ -90,6 +105,10 @@ class Param:
     default: Any = _SCHEMA  # a pipeline default that differs from the schema's (say why in ``reason``)
     reason: str = ""
     also: tuple[str, ...] = ()  # other stages that read it (the one its name says is always included)
+    # how one algorithm's (or one flavour's) upstream pipeline spells it, where not like ``name``
+    spelled: Mapping[str, str] = field(default_factory=dict)
+    # the upstream pipeline's default for one algorithm (or flavour), where it differs from hone's
+    upstream: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def section_name(self) -> str:
@@ -120,6 +139,21 @@ class Param:
     def minimal(self) -> bool:
         return "_man_" in self.name
 
+    def name_for(self, flavour: str | None) -> str:
+        """The spelling of ``flavour``'s compiled pipeline (hone's own name when flavour is None)."""
+        if flavour is None:
+            return self.name
+        return self.spelled.get(flavour) or self.spelled.get(flavour_algorithm(flavour)) or self.name
+
+    def in_flavour(self, flavour: str) -> bool:
+        algorithm = flavour_algorithm(flavour)
+        if algorithm not in self.algorithms:
+            return False
+        if not flavour.endswith("-minimal"):
+            return True
+        listed = MINIMAL.get(algorithm)
+        return self.name in listed if listed is not None else self.minimal
+
     @property
     def algorithms(self) -> tuple[str, ...]:
         """The algorithms whose pipelines have this parameter."""
@@ -139,9 +173,12 @@ class Param:
     def help(self) -> str:
         return self.info.description or ""
 
-    def default_for(self, algorithm: str) -> Any:
-        """The pipeline default for ``algorithm`` (a fresh copy for lists and dicts)."""
-        if self.default is not _SCHEMA:
+    def default_for(self, algorithm: str, flavour: str | None = None) -> Any:
+        """The default for ``algorithm`` (a fresh copy for lists and dicts): with ``flavour``, its compiled
+        pipeline's (the upstream pipeline's); without, the local runner's (hone's)."""
+        if flavour is not None and (flavour in self.upstream or algorithm in self.upstream):
+            value = self.upstream.get(flavour, self.upstream.get(algorithm))
+        elif self.default is not _SCHEMA:
             value = self.default
         else:
             value = get_algorithm(algorithm).default(self.schema, self.field_name)
@@ -152,8 +189,17 @@ class Param:
     def to_schema(self, value: Any) -> Any:
         return self.codec.to_schema(value, self.optional)
 
+    @property
+    def component_default(self) -> Any:
+        """The default of the KFP component input (its algorithm's expert flavour's), for a parameter that
+        only some algorithms have: the other algorithms' pipelines leave it at this value."""
+        return self.default_for(self.algorithms[0], self.algorithms[0])
+
 
 _P = Param
+# How the upstream OSFT and LoRA pipelines spell the parameters the SFT pipeline names without "train_"/"eval_"/
+# "reg_" (hone's own names are the SFT pipeline's; every spelling is accepted everywhere).
+_SP = lambda spelled: {"osft": spelled, "lora": spelled}  # noqa: E731
 PARAMS: tuple[Param, ...] = (
     # -- stage 1: dataset ------------------------------------------------------------------------------------
     _P(DATA_URI, "data.data_path", also=("registration",)),  # registration records it as lineage
@@ -163,44 +209,81 @@ PARAMS: tuple[Param, ...] = (
     _P("phase_01_dataset_opt_subset", "data.subset"),
     # -- stage 2: training -----------------------------------------------------------------------------------
     _P("phase_02_train_man_train_batch", "train.effective_batch_size"),
-    _P("phase_02_train_man_epochs", "train.num_epochs"),
-    _P("phase_02_train_man_gpu", "pipeline.gpu"),
+    _P("phase_02_train_man_epochs", "train.num_epochs", spelled=_SP("phase_02_train_man_train_epochs"),
+       upstream={"lora": 2}),
+    _P("phase_02_train_man_gpu", "pipeline.gpu", spelled=_SP("phase_02_train_man_train_gpu")),
     _P("phase_02_train_man_model", "train.model_path", default=DEFAULT_MODEL,
        reason="a pipeline needs a default base model; the OpenShift AI pipelines use this one",
-       also=("evaluation", "registration")),  # the base model: compared with, recorded as lineage
-    _P("phase_02_train_man_tokens", "train.max_tokens_per_gpu"),
-    _P("phase_02_train_man_workers", "pipeline.workers"),
+       also=("evaluation", "registration"),  # the base model: compared with, recorded as lineage
+       spelled=_SP("phase_02_train_man_train_model")),
+    _P("phase_02_train_man_tokens", "train.max_tokens_per_gpu", spelled=_SP("phase_02_train_man_train_tokens"),
+       upstream={"osft": 64000, "lora": 32000}),
+    _P("phase_02_train_man_workers", "pipeline.workers", spelled=_SP("phase_02_train_man_train_workers")),
     _P("phase_02_train_man_unfreeze_rank_ratio", "osft.unfreeze_rank_ratio", default=0.25,
-       reason="required in the Python API; the OpenShift AI OSFT pipeline defaults it to 0.25"),
+       reason="required in the Python API; the OpenShift AI OSFT pipeline defaults it to 0.25",
+       spelled={"osft": "phase_02_train_man_train_unfreeze"}),
     _P("phase_02_train_man_lora_r", "lora.lora_r"),
     _P("phase_02_train_man_lora_alpha", "lora.lora_alpha"),
     _P("phase_02_train_opt_annotations", "pipeline.annotations"),
     _P("phase_02_train_opt_cpu", "pipeline.cpu"),
-    _P("phase_02_train_opt_env_vars", "pipeline.env_vars"),
+    _P("phase_02_train_opt_env_vars", "pipeline.env_vars",
+       upstream={"sft-minimal": "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, NCCL_DEBUG=INFO, "
+                                "NCCL_P2P_DISABLE=1, INSTRUCTLAB_NCCL_TIMEOUT_MS=600000"}),
     _P("phase_02_train_opt_hf_token", "pipeline.train_hf_token", also=("evaluation",)),
     _P("phase_02_train_opt_labels", "pipeline.labels"),
     _P("phase_02_train_opt_learning_rate", "train.learning_rate"),
-    _P("phase_02_train_opt_lr_warmup", "train.warmup_steps"),
-    _P("phase_02_train_opt_lr_scheduler", "train.lr_scheduler"),
-    _P("phase_02_train_opt_max_seq_len", "data.max_seq_len"),
+    _P("phase_02_train_opt_lr_warmup", "train.warmup_steps", upstream={"lora": 0}),
+    _P("phase_02_train_opt_lr_scheduler", "train.lr_scheduler", upstream={"lora": "cosine"}),
+    _P("phase_02_train_opt_lr_scheduler_kwargs", "train.lr_scheduler_kwargs", JSON_TEXT),
+    _P("phase_02_train_opt_max_seq_len", "data.max_seq_len", upstream={"lora": 8192}),
     _P("phase_02_train_opt_memory", "pipeline.memory"),
     _P("phase_02_train_opt_num_procs", "distributed.nproc_per_node", TEXT, default="auto",
        reason="one process per GPU of the worker (phase_02_train_man_gpu), as in the OpenShift AI pipelines"),
     _P("phase_02_train_opt_pull_secret", "pipeline.pull_secret"),
-    _P("phase_02_train_opt_save_epoch", "train.checkpoint_at_epoch"),
+    _P("phase_02_train_opt_runtime", "pipeline.runtime"),
+    _P("phase_02_train_opt_processed_data", "data.use_processed_dataset"),
+    _P("phase_02_train_opt_unmask", "data.unmask_messages"),
+    _P("phase_02_train_opt_save_epoch", "train.checkpoint_at_epoch", upstream={"lora": False}),
+    _P("phase_02_train_opt_save_final", "train.save_final_checkpoint"),
     _P("phase_02_train_opt_save_full_state", "train.accelerate_full_state_at_epoch", default=False,
        reason="the OpenShift AI pipelines do not write full-state checkpoints unless asked"),
     _P("phase_02_train_opt_fsdp_sharding", "distributed.fsdp_sharding_strategy"),
     _P("phase_02_train_opt_save_samples", "train.save_samples"),
     _P("phase_02_train_opt_seed", "train.seed", also=("dataset",)),  # the dataset stage's split is seeded
-    _P("phase_02_train_opt_use_liger", "train.use_liger"),
+    _P("phase_02_train_opt_use_liger", "train.use_liger", upstream={"osft": True, "lora": True}),
+    _P("phase_02_train_opt_logging_steps", "train.logging_steps", upstream={"lora": 10}),
+    _P("phase_02_train_opt_tensorboard_log_dir", "train.tensorboard_log_dir", EMPTY_NONE),
+    _P("phase_02_train_opt_wandb_project", "train.wandb_project", EMPTY_NONE),
+    _P("phase_02_train_opt_wandb_entity", "train.wandb_entity", EMPTY_NONE),
+    _P("phase_02_train_opt_wandb_run_name", "train.wandb_run_name", EMPTY_NONE),
     _P("phase_02_train_opt_target_patterns", "osft.target_patterns", CSV),
+    # LoRA: the upstream LoRA pipeline's names and defaults (Training Hub's lora_sft keywords)
     _P("phase_02_train_opt_lora_dropout", "lora.lora_dropout"),
-    _P("phase_02_train_opt_target_modules", "lora.target_modules", CSV),
-    _P("phase_02_train_opt_load_in_4bit", "lora.load_in_4bit"),
+    _P("phase_02_train_opt_lora_target_modules", "lora.target_modules", CSV),
+    _P("phase_02_train_opt_lora_load_in_4bit", "lora.load_in_4bit", upstream={"lora": True}),
+    _P("phase_02_train_opt_lora_load_in_8bit", "lora.load_in_8bit"),
+    _P("phase_02_train_opt_lora_use_dora", "lora.use_dora"),
+    _P("phase_02_train_opt_lora_use_rslora", "lora.use_rslora"),
+    _P("phase_02_train_opt_lora_sample_packing", "lora.sample_packing", upstream={"lora": False}),
+    _P("phase_02_train_opt_micro_batch_size", "lora.micro_batch_size", upstream={"lora": 2}),
+    _P("phase_02_train_opt_grad_accum_steps", "lora.gradient_accumulation_steps", upstream={"lora": 1}),
+    _P("phase_02_train_opt_bf16", "lora.bf16", upstream={"lora": True}),
+    _P("phase_02_train_opt_fp16", "lora.fp16", upstream={"lora": False}),
+    _P("phase_02_train_opt_tf32", "lora.tf32", upstream={"lora": True}),
+    _P("phase_02_train_opt_flash_attention", "lora.flash_attention", upstream={"lora": True}),
+    _P("phase_02_train_opt_enable_model_splitting", "lora.enable_model_splitting", upstream={"lora": False}),
+    _P("phase_02_train_opt_save_steps", "lora.save_steps", upstream={"lora": 500}),
+    _P("phase_02_train_opt_save_total_limit", "lora.save_total_limit", upstream={"lora": 3}),
+    _P("phase_02_train_opt_eval_steps", "lora.eval_steps", upstream={"lora": 500}),
+    _P("phase_02_train_opt_dataset_type", "lora.dataset_type", EMPTY_NONE),
+    _P("phase_02_train_opt_field_messages", "lora.field_messages", EMPTY_NONE),
+    _P("phase_02_train_opt_field_instruction", "lora.field_instruction", EMPTY_NONE),
+    _P("phase_02_train_opt_field_input", "lora.field_input", EMPTY_NONE),
+    _P("phase_02_train_opt_field_output", "lora.field_output", EMPTY_NONE),
     # -- stage 3: evaluation ---------------------------------------------------------------------------------
     _P("phase_03_eval_man_tasks", "eval.tasks", default=["arc_easy"],
-       reason="the OpenShift AI pipelines evaluate arc_easy unless told otherwise"),
+       reason="the OpenShift AI pipelines evaluate arc_easy unless told otherwise",
+       spelled=_SP("phase_03_eval_man_eval_tasks")),
     _P("phase_03_eval_opt_batch", "eval.batch_size", TEXT),
     _P("phase_03_eval_opt_gen_kwargs", "pipeline.eval_gen_kwargs"),
     _P("phase_03_eval_opt_limit", "eval.limit", NO_LIMIT),
@@ -212,26 +295,42 @@ PARAMS: tuple[Param, ...] = (
     _P("phase_03_eval_opt_compare_base", "pipeline.compare_base"),
     # -- stage 4: registration -------------------------------------------------------------------------------
     _P("phase_04_registry_man_address", "registry.registry_address"),
-    _P("phase_04_registry_man_author", "registry.registry_author"),
-    _P("phase_04_registry_man_name", "registry.registry_name"),
-    _P("phase_04_registry_man_version", "registry.registry_version"),
+    _P("phase_04_registry_man_author", "registry.registry_author", spelled=_SP("phase_04_registry_man_reg_author")),
+    _P("phase_04_registry_man_name", "registry.registry_name",
+       spelled={**_SP("phase_04_registry_man_reg_name"), "sft-minimal": "phase_04_registry_man_reg_name"}),
+    _P("phase_04_registry_man_version", "registry.registry_version",
+       spelled=_SP("phase_04_registry_man_reg_version")),
     _P("phase_04_registry_opt_description", "registry.registry_description"),
     _P("phase_04_registry_opt_format_name", "registry.registry_format_name"),
-    _P("phase_04_registry_opt_format_version", "registry.registry_format_version"),
+    _P("phase_04_registry_opt_format_version", "registry.registry_format_version",
+       upstream={f"{a}-minimal": "2.9" for a in ("sft", "osft", "lora")}),
     _P("phase_04_registry_opt_port", "registry.registry_port"),
 )
+# What each upstream minimal flavour exposes (an algorithm not listed: its ``_man_`` parameters)
+_MIN_COMMON = ("phase_01_dataset_man_data_split", DATA_URI, "phase_01_dataset_opt_subset",
+               "phase_02_train_man_train_batch", "phase_02_train_man_epochs", "phase_02_train_man_gpu",
+               "phase_02_train_man_model", "phase_02_train_man_tokens", "phase_02_train_opt_learning_rate",
+               "phase_02_train_opt_max_seq_len", "phase_02_train_opt_runtime", "phase_02_train_opt_use_liger",
+               "phase_03_eval_man_tasks", "phase_04_registry_man_address", "phase_04_registry_man_name",
+               "phase_04_registry_man_version", "phase_04_registry_opt_format_version", "phase_04_registry_opt_port")
+MINIMAL: dict[str, frozenset[str]] = {
+    "sft": frozenset(_MIN_COMMON + ("phase_02_train_man_workers", "phase_02_train_opt_env_vars",
+                                    "phase_02_train_opt_fsdp_sharding")),
+    "osft": frozenset(_MIN_COMMON + ("phase_02_train_man_workers", "phase_02_train_man_unfreeze_rank_ratio")),
+    "lora": frozenset(_MIN_COMMON + ("phase_02_train_man_lora_r", "phase_02_train_man_lora_alpha",
+                                     "phase_02_train_opt_lora_dropout", "phase_02_train_opt_lora_target_modules",
+                                     "phase_02_train_opt_lora_load_in_4bit", "phase_02_train_opt_lora_load_in_8bit")),
+}
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
 BY_FIELD: dict[str, Param] = {p.field: p for p in PARAMS}
 
-# The upstream OSFT pipelines spell some training parameters differently from the SFT one
-# (``phase_02_train_man_train_model``). hone uses one spelling everywhere and accepts theirs.
+# Every other spelling hone accepts: each upstream pipeline's (OSFT's "train_" names...) and hone's earlier
+# names for the LoRA parameters.
 UPSTREAM_ALIASES: dict[str, str] = {
-    "phase_02_train_man_train_epochs": "phase_02_train_man_epochs",
-    "phase_02_train_man_train_model": "phase_02_train_man_model",
-    "phase_02_train_man_train_tokens": "phase_02_train_man_tokens",
-    "phase_02_train_man_train_workers": "phase_02_train_man_workers",
-    "phase_02_train_man_train_gpu": "phase_02_train_man_gpu",
+    **{spelling: p.name for p in PARAMS for spelling in p.spelled.values() if spelling != p.name},
     "phase_02_train_man_train_unfreeze_rank_ratio": "phase_02_train_man_unfreeze_rank_ratio",
+    "phase_02_train_opt_load_in_4bit": "phase_02_train_opt_lora_load_in_4bit",
+    "phase_02_train_opt_target_modules": "phase_02_train_opt_lora_target_modules",
 }
 
 #: every flavour of every algorithm in the table
@@ -264,14 +363,12 @@ def check_algorithm(algorithm: str, where: str = "--algorithm") -> str:
 
 def params_for(flavour: str) -> list[Param]:
     """The parameters a flavour exposes, in table order."""
-    algorithm = flavour_algorithm(flavour)
-    minimal = flavour.endswith("-minimal")
-    return [p for p in PARAMS if algorithm in p.algorithms and (p.minimal or not minimal)]
+    return [p for p in PARAMS if p.in_flavour(flavour)]
 
 
-def defaults(algorithm: str) -> dict[str, Any]:
-    """Every parameter of ``algorithm`` with its default."""
-    return {p.name: p.default_for(algorithm) for p in PARAMS if algorithm in p.algorithms}
+def defaults(algorithm: str, flavour: str | None = None) -> dict[str, Any]:
+    """Every parameter of ``algorithm`` with its default: the local runner's, or a compiled flavour's."""
+    return {p.name: p.default_for(algorithm, flavour) for p in PARAMS if algorithm in p.algorithms}
 
 
 # -- checking values -----------------------------------------------------------------------------------------
@@ -354,8 +451,10 @@ def check_value(p: Param, value: Any, where: str) -> Any:
     value = _parse_text(p, value, where)
     try:
         _adapter(p).validate_python(p.to_schema(value))
-    except ValidationError as err:
-        msg = err.errors()[0]["msg"]
+    except HoneError:
+        raise
+    except ValueError as err:  # the codec's (e.g. JSON text) or the schema's (a ValidationError)
+        msg = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
         raise HoneError(f"invalid value {_shown(p, value)} for {p.name}: {msg}", where=where,
                         fix=f"{p.name}: {p.help}") from None
     return value
@@ -469,7 +568,7 @@ def markdown_table() -> str:
     """Every parameter of every pipeline algorithm: type, default per algorithm, stage, minimal, the schema
     field it sets (the ``hone train`` option, or a pipeline-only setting) and its help (docs/pipeline.md)."""
     algorithms = [a for a, spec in ALGORITHMS.items() if spec.pipeline]
-    lines = [f"| parameter | type | default ({' / '.join(algorithms)}) | stage | minimal | sets | description |",
+    lines = [f"| parameter | type | default ({' / '.join(algorithms)}) | stage | in minimal | sets | description |",
              "|---|---|---|---|---|---|---|"]
     for p in PARAMS:
         shown = [repr(p.default_for(a)) if a in p.algorithms else None for a in algorithms]
@@ -484,6 +583,9 @@ def markdown_table() -> str:
         if p.codec is not PLAIN:
             sets += f" ({p.codec.name})"
         help_text = p.help.replace("|", "\\|") + (f" Pipeline default: {p.reason}." if p.reason else "")
-        lines.append(f"| `{p.name}` | {p.type.__name__} | {default} | {p.stage} | {'yes' if p.minimal else ''} "
+        others = sorted({k for k, v in UPSTREAM_ALIASES.items() if v == p.name})
+        shown_name = f"`{p.name}`" + (f" (also {', '.join(f'`{o}`' for o in others)})" if others else "")
+        minimal = "/".join(a for a in algorithms if p.in_flavour(f"{a}-minimal"))
+        lines.append(f"| {shown_name} | {p.type.__name__} | {default} | {p.stage} | {minimal} "
                      f"| {sets} | {help_text} |")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from hone.pipeline import params as P
 from hone.pipeline.stages import StageResult
 
 MANIFEST_VERSION = 1
+VERSION = "phase_04_registry_man_version"
 
 
 @dataclass
@@ -125,8 +126,20 @@ class Progress:
         how = "cached" if cached else f"done in {seconds:.1f}s"
         self.echo(f"[{i}/4] {stage}: {how}" + (f" — {summary}" if summary else ""))
 
-    def failed(self, i: int, stage: str, seconds: float) -> None:
+    def failed(self, i: int, stage: str, seconds: float, run_dir: Path | None = None,
+               default_dir: bool = False) -> None:
         self.echo(f"[{i}/4] {stage}: FAILED after {seconds:.1f}s")
+        if run_dir is not None:
+            self.echo(resume_hint(run_dir, stage, default_dir))
+
+
+def resume_hint(run_dir: Path, stage: str, default_dir: bool) -> str:
+    """What a failed run prints: where its outputs are and how to go on from the failed stage."""
+    run_dir = Path(run_dir).resolve()
+    hint = f"run directory: {run_dir}; rerun the same command to resume from the {stage} stage"
+    if default_dir:  # the default directory's name hashes the parameters: a changed one means a new directory
+        hint += f" (to change parameters and keep the finished stages, add --run-dir {run_dir})"
+    return hint
 
 
 def headline(stage: str, s: Mapping[str, Any]) -> str:
@@ -167,7 +180,9 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
     ``params`` uses the pipeline parameter names (``hone pipeline params``); ``model`` and ``data`` are
     shortcuts for ``phase_02_train_man_model`` and the data URI. ``force`` reruns every stage (True) or
     one stage and those after it (its name). ``registry`` is a :class:`hone.config.RegistryConfig` used
-    when no Kubeflow registry address is given (else registration is ``SKIPPED``).
+    when no Kubeflow registry address (``phase_04_registry_man_address``) is given; by default the embedded
+    MLflow registry under the hone home (``$HONE_HOME``, else ``./hone-runs``). ``registry=False`` (or
+    ``registry_backend="none"``) skips registration (``SKIPPED``).
     """
     from hone.pipeline import stages as S
 
@@ -190,6 +205,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
     run_path.mkdir(parents=True, exist_ok=True)
     layout = PipelineLayout(run_path)
     progress = progress or Progress()
+    registry = default_registry(registry)
 
     previous = _read_manifest(run_path)
     if previous and previous.get("algorithm") not in (None, algorithm):
@@ -221,6 +237,18 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
             manifest["stages"][stage] = {**old, "cached": True}
             progress.done(i, stage, 0.0, headline(stage, run.results[stage].summary), cached=True)
             continue
+        if stage not in forced:
+            reused = _from_store(stage, key_hash, out)
+            if reused is not None:  # the same inputs ran in another run directory: its outputs, not a rerun
+                run.results[stage] = StageResult.read(out)
+                out_hashes[stage] = reused["outputs_sha256"]
+                manifest["stages"][stage] = {**reused, "inputs_sha256": key_hash, "inputs": key,
+                                             "fingerprint": fingerprint(out), "cached": True}
+                for later in STAGES[i:]:
+                    manifest["stages"].pop(later, None)
+                save()
+                progress.done(i, stage, 0.0, headline(stage, run.results[stage].summary), cached=True)
+                continue
         if stage in ("dataset", "training") and not eval_checked:
             # what the evaluation stage would refuse (a misspelled task...) fails now, not after training
             S.check_evaluation(values)
@@ -251,14 +279,16 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
                 result = S.evaluation_stage(values, dirs["training"], dirs["dataset"], out)
             else:
                 result = S.registration_stage(values, dirs["training"], dirs["evaluation"], dirs["dataset"], out,
-                                              registry=registry, pipeline_run=str(run_path))
+                                              registry=registry, pipeline_run=str(run_path),
+                                              next_free_version=VERSION not in {P.UPSTREAM_ALIASES.get(k, k)
+                                                                                for k in given})
             result.write(out)
         except BaseException as err:
             seconds = time.monotonic() - t0
             manifest["stages"][stage].update(status="failed", duration_s=round(seconds, 2), error=_error_text(err))
             manifest["status"] = "failed"
             save()
-            progress.failed(i, stage, seconds)
+            progress.failed(i, stage, seconds, run_path, default_dir=run_dir is None)
             if report:
                 try:
                     _write_report(run, manifest)
@@ -272,6 +302,7 @@ def run_pipeline(data: str | None = None, *, algorithm: str = "sft", model: str 
                                          outputs_sha256=out_hashes[stage], fingerprint=fingerprint(out),
                                          summary=result.summary, files=result.files)
         save()
+        _to_store(stage, key_hash, out, manifest["stages"][stage])
         progress.done(i, stage, seconds, headline(stage, result.summary), cached=False)
     manifest["status"] = "completed"
     save()
@@ -298,6 +329,22 @@ def _hone_version() -> str:
     from hone.version import __version__
 
     return __version__
+
+
+def default_registry(registry: Any = None) -> Any:
+    """The registry of a local run: ``registry`` as given; None -> the embedded MLflow registry under the hone
+    home (resolved now, so that the registration stage's cache key names it); False -> registration off."""
+    from hone.config import RegistryConfig
+    from hone.registry.base import hone_home
+
+    if registry is None:
+        return RegistryConfig(registry_backend="mlflow", registry_home=str(hone_home()))
+    if registry is False:
+        return RegistryConfig(registry_backend="none")
+    if (isinstance(registry, RegistryConfig) and registry.registry_backend == "mlflow"
+            and not registry.registry_home and not registry.registry_tracking_uri):
+        return registry.model_copy(update={"registry_home": str(hone_home())})
+    return registry
 
 
 def _registry_identity(registry: Any) -> dict[str, Any]:
@@ -327,3 +374,57 @@ def _check_model_available(model: str, where: str) -> None:
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else \
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise HoneError(f"base model {model!r} is not available ({why})", where=where, fix=fix) from None
+
+
+# -- the stage store: completed stages by the hash of their inputs, shared by every run directory -----------
+STORE_DIR = "stage-store"
+_STORE_META = ".hone-stage.json"
+
+
+def _store_path(stage: str, key_hash: str) -> Path:
+    from hone.registry.base import hone_home
+
+    return hone_home(None) / STORE_DIR / stage / key_hash
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # same file system: no second copy of a model's weights
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _from_store(stage: str, key_hash: str, out: Path) -> dict[str, Any] | None:
+    """Fill ``out`` with the stored outputs of a stage that ran with these inputs; its manifest entry, or None."""
+    src = _store_path(stage, key_hash)
+    meta = src / _STORE_META
+    if not (meta.is_file() and (src / STAGE_FILE).is_file()):
+        return None
+    try:
+        entry = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        return None
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out, symlinks=True, copy_function=_link_or_copy,
+                    ignore=shutil.ignore_patterns(_STORE_META))
+    return {**entry, "reused_from": str(src)}
+
+
+def _to_store(stage: str, key_hash: str, out: Path, entry: Mapping[str, Any]) -> None:
+    """Keep a completed stage's outputs (not its resumable checkpoints) under the hash of its inputs."""
+    dest = _store_path(stage, key_hash)
+    if dest.is_dir():
+        return
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(out, tmp, symlinks=True, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(CHECKPOINTS_DIR))
+        keep = {k: entry[k] for k in ("status", "duration_s", "finished", "outputs_sha256", "summary", "files")
+                if k in entry}
+        (tmp / _STORE_META).write_text(json.dumps(keep, default=str) + "\n")
+        tmp.rename(dest)
+    except OSError as err:  # a full disk or a concurrent writer: the run itself is complete
+        log.warning("could not keep the %s stage in %s: %s", stage, dest.parent, err)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -79,6 +79,7 @@ def job_options(values: Mapping[str, Any], *, pvc: str | None = None, pvc_path: 
     pc: PipelineConfig = settings(values, PipelineConfig)
     procs = values["phase_02_train_opt_num_procs"]
     opts: dict[str, Any] = {
+        "runtime": pc.runtime,  # the ClusterTrainingRuntime (upstream: training-hub)
         "num_nodes": pc.workers,
         "num_procs_per_node": int(procs) if procs.isdigit() else pc.gpu,  # auto/gpu: one per GPU of the pod
         "resources_per_node": {"gpu": pc.gpu, "cpu": pc.cpu, "memory": pc.memory},
@@ -188,13 +189,17 @@ def _eval_extra(pc: PipelineConfig) -> dict[str, Any]:
 
 def check_evaluation(values: Mapping[str, Any]) -> None:
     """What the evaluation stage would refuse (task names, task directories, model/generation arguments,
-    verbosity), checked in about a second: the runner calls it before training spends its time."""
+    verbosity, task data that cannot be had offline), checked in a second or two: the runner calls it before
+    training spends its time."""
     from hone.evaluation.harness import check_task_names
 
     _eval_extra(settings(values, PipelineConfig))
+    from hone.evaluation.availability import check_task_data
+
     ev = section_values(None, values, ("eval",))
     try:
         check_task_names(ev["tasks"], ev["include_path"] or [])
+        check_task_data(ev["tasks"])
     except HoneError as err:
         raise in_pipeline_terms(err) from None
 
@@ -207,7 +212,6 @@ def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, datase
 
     pc: PipelineConfig = settings(values, PipelineConfig)
     _hf_token(pc.dataset_hf_token or pc.train_hf_token)
-    logging.getLogger("lm-eval").setLevel(getattr(logging, pc.eval_verbosity.upper()))
     training = StageResult.read(Path(training_dir))
     eval_file = Path(dataset_dir) / EVAL_FILE
     has_eval = eval_file.is_file() and eval_file.stat().st_size > 0
@@ -220,10 +224,16 @@ def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, datase
     if not kwargs["tasks"] and not kwargs["include_path"] and not has_eval:
         raise HoneError("nothing to evaluate: no lm-eval task and an empty eval split", where="phase_03_eval_man_tasks",
                         fix="name lm-eval tasks, or set phase_01_dataset_man_data_split below 1")
+    # lm-eval's own log level while it runs (what reaches the terminal is still hone's choice: --verbose)
+    lm_eval_log = logging.getLogger("lm_eval")
+    level = lm_eval_log.level
+    lm_eval_log.setLevel(getattr(logging, pc.eval_verbosity.upper()))
     try:
         result = run_evaluation(EvalConfig.from_flat(kwargs))
     except HoneError as err:
         raise in_pipeline_terms(err) from None
+    finally:
+        lm_eval_log.setLevel(level)
     summary: dict[str, Any] = {"metrics": result.metrics, "seconds": round(result.elapsed_s, 2),
                                "forgetting": result.forgetting}
     if result.base_metrics is not None:
@@ -235,11 +245,13 @@ def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, datase
 # -- stage 4 ---------------------------------------------------------------------------------------------
 def registration_stage(values: Mapping[str, Any], training_dir: str | Path, evaluation_dir: str | Path | None,
                        dataset_dir: str | Path, out_dir: str | Path, *, registry: Any = None,
-                       pipeline_run: str | None = None) -> StageResult:
+                       pipeline_run: str | None = None, next_free_version: bool = False) -> StageResult:
     """Register the fine-tuned model with its lineage, or return ``SKIPPED`` when no registry is configured.
 
     A Kubeflow Model Registry is used when ``phase_04_registry_man_address`` is set; otherwise ``registry``
     (a :class:`hone.config.RegistryConfig`, e.g. the embedded MLflow one of a local run) when given.
+    ``next_free_version``: the version was not asked for, so a taken one becomes the next free patch version
+    (a rerun with other parameters registers 1.0.1) instead of an error.
     """
     from hone.registry import register_model
 
@@ -253,15 +265,42 @@ def registration_stage(values: Mapping[str, Any], training_dir: str | Path, eval
     else:
         log.info("no model registry configured (phase_04_registry_man_address is empty): registration skipped")
         return StageResult("registration", {"model_id": SKIPPED, "reason": "no registry configured"})
+    if next_free_version:
+        cfg = cfg.model_copy(update={"registry_version": _free_version(cfg)})
     training = StageResult.read(Path(training_dir))
     dataset = StageResult.read(Path(dataset_dir))
     metadata = {"pipeline_algorithm": training.summary["algorithm"]}
     if pipeline_run:
         metadata["pipeline_run"] = pipeline_run
-    info = register_model(Path(training_dir) / training.files["model"], cfg, run_dir=training_dir,
-                          eval_results=evaluation_dir, base_model=v["phase_02_train_man_model"],
-                          dataset_uri=v[DATA_URI], dataset_sha256=dataset.summary.get("sha256"), metadata=metadata)
+    try:
+        info = register_model(Path(training_dir) / training.files["model"], cfg, run_dir=training_dir,
+                              eval_results=evaluation_dir, base_model=v["phase_02_train_man_model"],
+                              dataset_uri=v[DATA_URI], dataset_sha256=dataset.summary.get("sha256"),
+                              metadata=metadata)
+    except HoneError as err:  # the registry speaks of --version; a pipeline user sets the parameter
+        raise HoneError(err.what, where=(err.where or "").replace("--version", "phase_04_registry_man_version"),
+                        fix=err.fix) from None
     if info is None:
         return StageResult("registration", {"model_id": SKIPPED, "reason": "registry backend none"})
     summary = {"model_id": info.ref, **info.to_json(), "backend": cfg.registry_backend}
     return StageResult("registration", json.loads(json.dumps(summary, default=str)))
+
+
+def _free_version(cfg: RegistryConfig) -> str:
+    """``cfg.registry_version``, or the next patch version (1.0.0 -> 1.0.1 ...) not yet registered."""
+    from hone.registry import open_registry
+
+    version = cfg.registry_version
+    reg = open_registry(cfg)
+    if reg is None:
+        return version
+    taken = {v.version for v in reg.list_versions(cfg.registry_name)}
+    head, _, patch = version.rpartition(".")
+    n = int(patch) if patch.isdigit() and head else None
+    while version in taken and n is not None:
+        n += 1
+        version = f"{head}.{n}"
+    if version != cfg.registry_version:
+        log.info("%s:%s is already registered: registering %s:%s", cfg.registry_name, cfg.registry_version,
+                 cfg.registry_name, version)
+    return version

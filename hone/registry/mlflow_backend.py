@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -47,14 +48,16 @@ def sqlite_uri(path: Path) -> str:
 
 
 def quiet_mlflow() -> None:
-    """MLflow's INFO chatter (schema creation, model logging) and artifact progress bars off."""
-    import os
+    """MLflow's INFO chatter (``Creating initial MLflow database tables...``, alembic's migrations, model
+    logging) and artifact progress bars off, unless ``hone --verbose``. MLflow sets its logger's level when it
+    is imported, so this imports it first."""
+    import mlflow  # noqa: F401
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("mlflow", "alembic"):
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET:  # unless the application configured them
-            logger.setLevel(logging.ERROR)
+    from hone.logs import is_verbose, quiet_logger
+
+    if not is_verbose():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_logger("mlflow", "alembic", level=logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -27,9 +27,12 @@ from hone.training.distributed import (DistEnv, barrier, destroy, init_distribut
 from hone.training.hooks import AlgorithmHooks
 from hone.training.launch import launch, needs_launch, resolve_launch
 from hone.training.metrics import read_metrics, write_loss_charts
-from hone.training.trainer import check_options, train
+from hone.training.trainer import METRIC_SCHEDULERS, check_options, plan_steps, train
 
 log = logging.getLogger("hone")
+
+MIN_STEPS = 10            # fewer optimizer steps than this rarely trains anything: say so before the run
+MAX_DROPPED_SHARE = 0.1   # warn when max_seq_len drops this share of the samples or more
 
 
 @dataclass
@@ -184,6 +187,45 @@ def check_output_dir(out: Path, cfg: RunConfig, *, remove: bool = True) -> None:
                 target.unlink()
 
 
+def plan_warnings(num_samples: int, run: RunConfig, report: DatasetReport | None = None) -> list[str]:
+    """One line per setting that would waste the run, each with its fix (logged on rank 0 before training):
+    too few optimizer steps, ``effective_batch_size`` larger than the dataset, a large share of the samples
+    dropped by ``max_seq_len`` (all of them is an error already: :func:`hone.data.prepare.tokenize_samples`),
+    and a learning-rate warm-up that lasts the whole run."""
+    cfg = run.train
+    out: list[str] = []
+    batch, epochs = cfg.effective_batch_size, cfg.num_epochs
+    per_epoch, total = plan_steps(num_samples, cfg)
+    natural = per_epoch * epochs
+    if natural < MIN_STEPS and total == natural:  # a max_steps cap below that is the user's own choice
+        steps_needed = -(-MIN_STEPS // epochs)  # ceil: steps per epoch for MIN_STEPS in all
+        smaller = max(1, num_samples // steps_needed)
+        fix = (f"lower effective_batch_size (e.g. {smaller} gives {-(-num_samples // smaller) * epochs} steps) "
+               f"or raise num_epochs" if smaller < batch else "raise num_epochs or add data")
+        out.append(f"only {natural} optimizer step{'s' if natural != 1 else ''} ({num_samples} samples, "
+                   f"effective_batch_size {batch}, num_epochs {epochs}): {fix}")
+    if batch > num_samples:
+        out.append(f"effective_batch_size {batch} is larger than the dataset ({num_samples} samples): every step "
+                   f"takes all {num_samples} and an epoch is one step; lower effective_batch_size to at most "
+                   f"{num_samples}")
+    if report is not None and report.mode != "pretraining" and report.dropped_too_long:
+        seen = report.samples + report.dropped_too_long + report.dropped_no_loss_tokens
+        share = report.dropped_too_long / max(seen, 1)
+        if share >= MAX_DROPPED_SHARE:
+            longest = (report.token_lengths or {}).get("max")
+            out.append(f"{report.dropped_too_long} of {seen} samples ({share:.0%}) are longer than max_seq_len="
+                       f"{run.data.max_seq_len} tokens and are left out: raise max_seq_len"
+                       + (f" (the longest has {longest} tokens)" if longest else "")
+                       + " or shorten the conversations")
+    warms = cfg.lr_scheduler not in ("constant", *METRIC_SCHEDULERS)
+    if warms and cfg.warmup_steps and cfg.warmup_steps >= total:
+        out.append(f"warmup_steps={cfg.warmup_steps} is not below the run's {total} optimizer step"
+                   f"{'s' if total != 1 else ''}: the learning rate is still warming up when training ends and "
+                   f"never reaches learning_rate={cfg.learning_rate:g}; lower warmup_steps (e.g. "
+                   f"{max(0, total // 10)}) or train longer")
+    return out
+
+
 class RunTracker(Protocol):
     """An experiment tracker fed by rank 0 (e.g. MLflow); built above this layer and passed in."""
 
@@ -250,6 +292,8 @@ def _run(cfg: RunConfig, hooks: AlgorithmHooks, out: Path, device: torch.device,
     params_path = layout.params
     if env.is_main:
         log.info("data: %s", data.report.summary())
+        for line in plan_warnings(len(data.samples), cfg, data.report):
+            log.warning(line)
         atomic_write_text(params_path, json.dumps(saved_params(cfg), indent=2) + "\n")
 
     torch.manual_seed(t.seed)

@@ -30,6 +30,7 @@ from hone.data.prepare import PreparedData
 from hone.data.tokenize import IGNORE, Tokenized
 from hone.errors import HoneError
 from hone.layout import FINAL, TrainingLayout, epoch_name
+from hone.logs import progress_enabled
 from hone.training.callbacks import CallbackRunner, check_callbacks
 from hone.training.checkpoint import HFCheckpoints, TrainState, load_full_state, save_full_state
 from hone.training.distributed import DistEnv, all_reduce_, barrier, full_state_dict, split_among_ranks, unwrap
@@ -276,7 +277,7 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
     if validating and env.is_main:
         log.info("validation: %d held-out samples, every %d steps", len(data.validation), cfg.validation_frequency)
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"{hooks.name} training", unit="step",
-               disable=not (cfg.progress and env.is_main), dynamic_ncols=True)
+               disable=not (env.is_main and progress_enabled(cfg.progress)), dynamic_ncols=True)
     start = time.perf_counter() - state.elapsed_s
     preempted = False
     model.train()

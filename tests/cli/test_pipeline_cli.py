@@ -25,7 +25,7 @@ def test_pipeline_run_from_config_then_cached(tmp_path, tiny_model_dir, capsys):
         "phase_02_train_opt_save_epoch": False, "phase_03_eval_man_tasks": []}))
     run_dir = tmp_path / "run"
     argv = ["pipeline", "run", "--config", str(cfg), "--model", str(tiny_model_dir), "--run-dir", str(run_dir),
-            "-p", "phase_02_train_man_lora_r=4"]
+            "-p", "phase_02_train_man_lora_r=4", "--no-register"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "registration  completed" in out and "SKIPPED" in out and "holdout/loss" in out

@@ -103,7 +103,7 @@ def test_component_inputs_cover_the_parameter_table_exactly():
             assert annotation is p.type, f"{fn.__name__}.{name}: {annotation} != {p.type}"
             default = sig.parameters[name].default
             if default is not inspect.Parameter.empty:  # one algorithm's inputs carry the table's default
-                assert len(p.algorithms) == 1 and default == p.default_for(p.algorithms[0]), (fn.__name__, name)
+                assert len(p.algorithms) == 1 and default == p.component_default, (fn.__name__, name)
             seen[name] = fn.__name__
     assert set(seen) == {p.name for p in PARAMS}, "every parameter must reach a component"
 
@@ -139,19 +139,20 @@ def test_flavour_compiles_with_the_table_parameters(compiled, flavour):
     assert spec["pipelineInfo"]["name"] == f"hone-{flavour}"
     params = spec["root"]["inputDefinitions"]["parameters"]
     expected = params_for(flavour)
-    assert set(params) == {p.name for p in expected}
+    assert set(params) == {p.name_for(flavour) for p in expected}
     for p in expected:
-        got = params[p.name]
+        got = params[p.name_for(flavour)]
         assert got["parameterType"] == KFP_TYPES[p.type], p.name
         assert got.get("description") == p.help, p.name
         if p.name == DATA_URI:
             assert "defaultValue" not in got and not got.get("isOptional"), "the data URI is required"
         else:
-            assert same(got["defaultValue"], p.default_for(algorithm)), (p.name, got["defaultValue"])
+            assert same(got["defaultValue"], p.default_for(algorithm, flavour)), (p.name, got["defaultValue"])
     # every pipeline input reaches a task, and the parameters a flavour hides reach them as constants
     text = json.dumps(spec)
     for p in expected:
-        assert f'"componentInputParameter": "{p.name}"' in text or f"pipelinechannel--{p.name}" in text, p.name
+        name = p.name_for(flavour)
+        assert f'"componentInputParameter": "{name}"' in text or f"pipelinechannel--{name}" in text, name
     all_tasks = tasks(spec)
     assert {"dataset", "training", "evaluation", "registration"} <= set(all_tasks)
     hidden = [p for p in PARAMS if algorithm in p.algorithms and p not in expected]
@@ -159,7 +160,7 @@ def test_flavour_compiles_with_the_table_parameters(compiled, flavour):
     for p in hidden:
         consts = [t["inputs"]["parameters"][p.name]["runtimeValue"]["constant"] for t in all_tasks.values()
                   if p.name in t["inputs"]["parameters"]]
-        assert consts and all(same(c, p.default_for(algorithm)) for c in consts), p.name
+        assert consts and all(same(c, p.default_for(algorithm, flavour)) for c in consts), p.name
     # parameters of other algorithms are not passed at all
     foreign = {p.name for p in PARAMS if algorithm not in p.algorithms}
     assert not foreign & {n for t in all_tasks.values() for n in t["inputs"]["parameters"]}
@@ -183,7 +184,13 @@ def test_sft_parameters_and_defaults_are_seed_004s(compiled):
             assert same(params[name]["defaultValue"], default), (name, params[name]["defaultValue"], default)
     # what hone adds to SFT's expert pipeline (evaluation extensions); OSFT/LoRA add their own elsewhere
     extra = set(params) - {name for name, _, _ in seed}
-    assert extra == {"phase_03_eval_opt_include_path", "phase_03_eval_opt_compare_base"}
+    assert extra == {"phase_03_eval_opt_include_path", "phase_03_eval_opt_compare_base",
+                     # the current upstream pipelines' additions, and Training Hub's trackers
+                     "phase_02_train_opt_runtime", "phase_02_train_opt_lr_scheduler_kwargs",
+                     "phase_02_train_opt_processed_data", "phase_02_train_opt_unmask", "phase_02_train_opt_save_final",
+                     "phase_02_train_opt_logging_steps", "phase_02_train_opt_tensorboard_log_dir",
+                     "phase_02_train_opt_wandb_project", "phase_02_train_opt_wandb_entity",
+                     "phase_02_train_opt_wandb_run_name"}
 
 
 def test_no_secret_value_is_inlined(tmp_path, monkeypatch):
@@ -303,9 +310,10 @@ def test_minimal_osft_pipeline_runs_under_kfp_local(tmp_path, kfp_local):
 
     pipeline = pipeline_function("osft-minimal", local=True)
     # max_seq_len is a constant (8192) in a minimal flavour: the token budget must hold one such sample
-    run = pipeline(phase_01_dataset_man_data_uri=str(data), phase_02_train_man_model=str(model),
-                   phase_02_train_man_epochs=1, phase_02_train_man_train_batch=4, phase_02_train_man_tokens=8192,
-                   phase_03_eval_man_tasks=[])
+    # the upstream OSFT pipeline's own spellings (phase_02_train_man_train_*, phase_03_eval_man_eval_tasks)
+    run = pipeline(phase_01_dataset_man_data_uri=str(data), phase_02_train_man_train_model=str(model),
+                   phase_02_train_man_train_epochs=1, phase_02_train_man_train_batch=4,
+                   phase_02_train_man_train_tokens=8192, phase_03_eval_man_eval_tasks=[])
     assert run.output == "SKIPPED"
 
     (run_dir,) = [p for p in kfp_local.iterdir() if p.is_dir()]
@@ -333,3 +341,27 @@ def test_minimal_osft_pipeline_runs_under_kfp_local(tmp_path, kfp_local):
     m = ev["output_metrics"]["metadata"]
     assert math.isfinite(m["holdout/loss"]) and math.isfinite(m["base/holdout/loss"])
     assert (Path(ev["output_results"]["uri"]) / "comparison.json").is_file()
+
+
+UPSTREAM_PIPELINES = Path(__file__).parents[2].parent / "shared" / "reference" / "pipelines-components" / "head-dd8d0c0"
+
+
+@pytest.mark.skipif(not UPSTREAM_PIPELINES.is_dir(), reason=f"{UPSTREAM_PIPELINES} not found (../shared is absent)")
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_every_upstream_parameter_is_there_with_its_type_and_default(compiled, flavour):
+    """Parity with the current OpenShift AI pipelines: every parameter of the upstream flavour, same name,
+    type and default; hone's additions are optional (they have defaults)."""
+    upstream_file = UPSTREAM_PIPELINES / f"{flavour.replace('-', '_')}.yaml"
+    upstream = next(yaml.safe_load_all(upstream_file.read_text()))["root"]["inputDefinitions"]["parameters"]
+    ours = compiled[flavour][0]["root"]["inputDefinitions"]["parameters"]
+    missing = sorted(set(upstream) - set(ours))
+    assert not missing, f"{flavour}: upstream parameters missing: {missing}"
+    for name, theirs in upstream.items():
+        assert ours[name]["parameterType"] == theirs["parameterType"], (flavour, name)
+        if "defaultValue" in theirs:
+            assert same(ours[name].get("defaultValue"), theirs["defaultValue"]), (flavour, name, ours[name].get(
+                "defaultValue"), theirs["defaultValue"])
+        else:
+            assert "defaultValue" not in ours[name], (flavour, name)
+    for name in set(ours) - set(upstream):
+        assert "defaultValue" in ours[name], f"{flavour}: hone's addition {name} must be optional"

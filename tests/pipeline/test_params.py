@@ -13,7 +13,7 @@ DATA = {P.DATA_URI: "data.jsonl"}
 
 def test_flavours_expose_man_or_all_parameters():
     minimal = P.params_for("osft-minimal")
-    assert minimal and all("_man_" in p.name for p in minimal)
+    assert minimal and all("_man_" in p.name or p.name in P.MINIMAL["osft"] for p in minimal)
     assert "phase_02_train_man_unfreeze_rank_ratio" in [p.name for p in minimal]
     full = [p.name for p in P.params_for("osft")]
     assert set(p.name for p in minimal) < set(full)
@@ -98,6 +98,7 @@ def test_job_options_from_the_seed_defaults():
     opts = job_options(P.resolve("sft", DATA), pvc="ws", pvc_path="/workspace")
     job = KubeJobConfig.build(opts)
     assert job.num_nodes == 4 and job.num_procs_per_node == 1
+    assert job.runtime == "training-hub"  # the upstream pipelines' ClusterTrainingRuntime
     assert job.resources_per_node["memory"] == "64Gi" and job.pvc == "ws"
     assert job.env["NCCL_DEBUG"] == "INFO"
 
@@ -145,3 +146,24 @@ def test_docs_parameter_table_is_the_generated_one():
 
     docs = (Path(__file__).parents[2] / "docs" / "pipeline.md").read_text()
     assert P.markdown_table() in docs, "regenerate it: hone pipeline params --markdown"
+
+
+def test_upstream_spellings_and_new_parameters_reach_training():
+    v = P.resolve("osft", {**DATA, "phase_02_train_man_train_unfreeze": 0.4, "phase_02_train_opt_unmask": "true",
+                           "phase_02_train_opt_lr_scheduler_kwargs": '{"num_cycles": 2}',
+                           "phase_02_train_opt_lr_scheduler": "cosine_with_restarts",
+                           "phase_02_train_opt_save_final": False, "phase_03_eval_man_eval_tasks": []})
+    flat = training_params("osft", v, "d", "o")
+    assert flat["unfreeze_rank_ratio"] == 0.4 and flat["unmask_messages"] is True
+    assert flat["lr_scheduler_kwargs"] == {"num_cycles": 2} and flat["save_final_checkpoint"] is False
+    lora = P.resolve("lora", {**DATA, "phase_02_train_opt_load_in_4bit": "false", "phase_02_train_opt_bf16": False,
+                              "phase_02_train_opt_dataset_type": "alpaca", "phase_02_train_opt_field_output": "answer"})
+    flat = training_params("lora", lora, "d", "o")
+    assert flat["load_in_4bit"] is False and flat["bf16"] is False
+    assert flat["dataset_type"] == "alpaca" and flat["field_output"] == "answer" and flat["field_input"] is None
+    with pytest.raises(HoneError, match="phase_02_train_opt_lr_scheduler_kwargs"):
+        P.resolve("osft", {**DATA, "phase_02_train_opt_lr_scheduler_kwargs": "{not json"})
+    # a compiled flavour's defaults are the upstream pipeline's; the local runner keeps hone's
+    tokens = P.BY_NAME["phase_02_train_man_tokens"]
+    assert tokens.default_for("osft", "osft") == 64000 and tokens.default_for("osft") == 10000
+    assert tokens.name_for("osft") == "phase_02_train_man_train_tokens" and tokens.name_for("sft") == tokens.name

@@ -57,6 +57,7 @@ class Calls:
 def _run(chat_file, run_dir, tiny_model_dir, **kw):
     lines: list[str] = []
     params = {**PARAMS, **kw.pop("params", {})}
+    kw.setdefault("registry", False)  # registration off unless a test asks (default: the hone home's registry)
     result = R.run_pipeline(str(chat_file), algorithm=kw.pop("algorithm", "sft"), model=str(tiny_model_dir),
                             params=params, run_dir=run_dir, progress=R.Progress(lines.append), **kw)
     return result, lines
@@ -76,7 +77,7 @@ def test_full_run_then_rerun_skips_every_stage(tmp_path, chat_file, tiny_model_d
     assert manifest["stages"]["dataset"]["summary"]["train_rows"] == 16
     assert manifest["stages"]["dataset"]["summary"]["eval_rows"] == 4
     assert (result.model_dir / "config.json").is_file() and list(result.model_dir.glob("*.safetensors"))
-    assert result.model_id == S.SKIPPED  # no registry configured
+    assert result.model_id == S.SKIPPED  # registration not asked for (registry=False)
     ev = result.results["evaluation"].summary
     assert "holdout/loss" in ev["metrics"] and "holdout/loss" in ev["base_metrics"]
     assert [line.split(":")[0] for line in lines if "done in" in line] == \
@@ -105,15 +106,15 @@ def test_full_run_then_rerun_skips_every_stage(tmp_path, chat_file, tiny_model_d
     _run(chat_file, run_dir, tiny_model_dir, params={"phase_02_train_opt_learning_rate": 5e-4})
     assert calls.calls == ["dataset", "training", "evaluation", "registration"]
 
-    # an output deleted behind the runner's back is noticed; --force-from reruns from a stage
+    # an output deleted behind the runner's back is noticed, and restored from the stage store (the same
+    # inputs ran before) rather than recomputed; --force-from reruns from a stage
     calls.calls.clear()
     before = json.loads((run_dir / "manifest.json").read_text())["stages"]["evaluation"]["outputs_sha256"]
     (run_dir / "03-evaluation" / "metrics.json").unlink()
     _run(chat_file, run_dir, tiny_model_dir, params={"phase_02_train_opt_learning_rate": 5e-4})
-    after = json.loads((run_dir / "manifest.json").read_text())["stages"]["evaluation"]["outputs_sha256"]
-    # registration depends on the evaluation's content: it reruns only if the new evaluation differs
-    # (lm-eval records its own wall time, so it usually does)
-    assert calls.calls == (["evaluation"] if after == before else ["evaluation", "registration"])
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert calls.calls == [] and (run_dir / "03-evaluation" / "metrics.json").is_file()
+    assert stages["evaluation"]["outputs_sha256"] == before and "reused_from" in stages["evaluation"]
     calls.calls.clear()
     _run(chat_file, run_dir, tiny_model_dir, params={"phase_02_train_opt_learning_rate": 5e-4}, force="training")
     assert calls.calls == ["training", "evaluation", "registration"]
@@ -277,3 +278,22 @@ def test_evaluation_settings_are_checked_before_any_training(tmp_path, chat_file
             _run(chat_file, tmp_path / "run", tiny_model_dir, params=params)
         assert "phase_03_eval" in str(err.value) and "--tasks" not in str(err.value)
     assert calls.calls == []  # nothing ran
+
+
+def test_stages_are_reused_across_run_directories(tmp_path, chat_file, tiny_model_dir, monkeypatch):
+    """A stage with the same inputs is taken from the stage store under the hone home, whatever the run
+    directory is called: changing an evaluation parameter never retrains."""
+    monkeypatch.setenv("HONE_HOME", str(tmp_path / "home"))
+    calls = Calls(monkeypatch)
+    first, _ = _run(chat_file, tmp_path / "a", tiny_model_dir)
+    assert calls.calls == ["dataset", "training", "evaluation", "registration"]
+    calls.calls.clear()
+    second, lines = _run(chat_file, tmp_path / "b", tiny_model_dir,
+                         params={"phase_03_eval_opt_gen_kwargs": {"max_new_tokens": 6}})
+    assert calls.calls == ["evaluation", "registration"]
+    stages = json.loads((tmp_path / "b" / "manifest.json").read_text())["stages"]
+    assert stages["training"]["reused_from"].startswith(str(tmp_path / "home" / "stage-store" / "training"))
+    assert second.model_dir.is_dir() and (second.model_dir / "model.safetensors").is_file()
+    assert stages["training"]["outputs_sha256"] == json.loads(
+        (tmp_path / "a" / "manifest.json").read_text())["stages"]["training"]["outputs_sha256"]
+    assert not any((tmp_path / "home" / "stage-store" / "training").glob("*/checkpoints"))

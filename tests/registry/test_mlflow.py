@@ -264,7 +264,9 @@ def test_tracker_logs_a_run_as_it_trains_and_registration_reuses_it(home, traine
 
 def test_ui_starts_mlflow_on_localhost(home, registered, monkeypatch):
     calls = []
-    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
+    from hone.registry import ui
+
+    monkeypatch.setattr(ui, "serve", lambda argv, url, on_ready: calls.append(argv) or on_ready(url) or 0)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -279,6 +281,31 @@ def test_ui_starts_mlflow_on_localhost(home, registered, monkeypatch):
         busy.bind(("127.0.0.1", 0))
         rc, _, err = run_cli("registry", "ui", "--home", str(home), "--ui-port", str(busy.getsockname()[1]))
         assert rc == 2 and "in use" in err
+
+
+def test_ui_url_is_printed_only_once_the_server_answers():
+    from hone.errors import HoneError
+    from hone.registry import ui
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    slow_server = [sys.executable, "-c", "import runpy, sys, time; time.sleep(1.5); "
+                   f"sys.argv = ['http.server', '--bind', '127.0.0.1', '{port}']; "
+                   "runpy.run_module('http.server', run_name='__main__')"]
+    seen: list[bool] = []
+
+    def ready(u: str) -> None:
+        seen.append(ui.answers(u))
+        raise KeyboardInterrupt  # Ctrl-C: the server is stopped, serve returns 0
+
+    start = time.monotonic()
+    assert ui.serve(slow_server, url, ready) == 0
+    assert seen == [True] and time.monotonic() - start >= 1.5 and not ui.answers(url)
+    with pytest.raises(HoneError, match="exited with status 3 before answering"):
+        ui.serve([sys.executable, "-c", "raise SystemExit(3)"], url, seen.append)
+    assert seen == [True]
 
 
 @pytest.mark.slow
