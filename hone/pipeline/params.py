@@ -537,8 +537,22 @@ def stage_params(stage: str, values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def public(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with the token parameters redacted (for manifests, reports, logs)."""
-    return {k: ("<redacted>" if k in SECRET_PARAMS and v else v) for k, v in values.items()}
+    """``values`` as manifests, reports and logs may show them: token parameters redacted, URIs without
+    credentials or signatures, secret-looking ``KEY=VALUE`` environment entries masked, token-shaped text
+    masked."""
+    from hone.secrets import is_secret_env, redact_uri, scrub_text
+
+    def shown(name: str, value: Any) -> Any:
+        if name in SECRET_PARAMS:
+            return "<redacted>" if value else value
+        if not isinstance(value, str) or not value:
+            return value
+        if name == "phase_02_train_opt_env_vars":
+            return ",".join(f"{k}=***" if sep and is_secret_env(k.strip()) else f"{k}{sep}{v}"
+                            for k, sep, v in (part.partition("=") for part in value.split(",")))
+        return scrub_text(redact_uri(value))
+
+    return {k: shown(k, v) for k, v in values.items()}
 
 
 def _spellings(p: Param) -> list[str]:

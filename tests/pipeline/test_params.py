@@ -1,6 +1,8 @@
 """The pipeline parameter table and how the stages map it onto hone's configuration (pure functions)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hone.errors import HoneError
@@ -167,3 +169,15 @@ def test_upstream_spellings_and_new_parameters_reach_training():
     tokens = P.BY_NAME["phase_02_train_man_tokens"]
     assert tokens.default_for("osft", "osft") == 64000 and tokens.default_for("osft") == 10000
     assert tokens.name_for("osft") == "phase_02_train_man_train_tokens" and tokens.name_for("sft") == tokens.name
+
+
+def test_public_values_hide_signatures_credentials_and_secret_env_entries():
+    v = P.resolve("sft", {P.DATA_URI: "https://user:pw123456@data.example.com/d.jsonl?X-Amz-Signature=abcdef123456&x=1",
+                          "phase_02_train_opt_env_vars": "NCCL_DEBUG=INFO, WANDB_API_KEY=wandbsecret123456",
+                          "phase_04_registry_opt_description": "tuned; token hf_abcdefghijklmnopqrstuvwx"})
+    shown = P.public(v)
+    text = json.dumps(shown)
+    for secret in ("pw123456", "abcdef123456", "wandbsecret123456", "hf_abcdefghijklmnopqrstuvwx"):
+        assert secret not in text, secret
+    assert "data.example.com/d.jsonl" in shown[P.DATA_URI] and "NCCL_DEBUG=INFO" in shown["phase_02_train_opt_env_vars"]
+    assert v["phase_02_train_opt_env_vars"].endswith("wandbsecret123456")  # the run itself still gets the value
