@@ -1,8 +1,12 @@
-"""Write ``hone/__init__.pyi``: explicit signatures of ``hone.sft``, ``hone.osft`` and ``hone.lora_sft``,
-generated from the one schema (every keyword, its type and its default for that algorithm), so that editors
-complete and type-check calls. ``tests/test_stubs.py`` fails when the checked-in file is out of date.
+"""The files generated from the one schema, rewritten in place (a repository checkout):
 
-    python -m hone.cli.stubgen            # rewrite hone/__init__.pyi
+- ``hone/__init__.pyi``: explicit signatures of ``hone.sft``, ``hone.osft`` and ``hone.lora_sft`` (every
+  keyword, its type and its default for that algorithm), so that editors complete and type-check calls;
+- the parameter table of ``docs/pipeline.md`` (``hone pipeline params --markdown``).
+
+``tests/test_stubs.py`` and ``tests/pipeline/test_params.py`` fail when either is out of date.
+
+    python -m hone.cli.stubgen
 """
 from __future__ import annotations
 
@@ -104,9 +108,25 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
+DOCS = STUB.parents[1] / "docs" / "pipeline.md"
+TABLE_HEAD = "| parameter | type | default ("
+
+
+def docs_with_table(text: str) -> str:
+    """``docs/pipeline.md``'s text with its parameter table (up to the next blank line) regenerated."""
+    from hone.pipeline.params import markdown_table
+
+    start = text.index(TABLE_HEAD)
+    end = text.find("\n\n", start)
+    return text[:start] + markdown_table() + ("\n" if end == -1 else text[end:])
+
+
 def main() -> int:
     STUB.write_text(render())
     print(f"wrote {STUB}")
+    if DOCS.is_file():
+        DOCS.write_text(docs_with_table(DOCS.read_text()))
+        print(f"wrote the parameter table of {DOCS}")
     return 0
 
 

@@ -147,7 +147,7 @@ def test_docs_parameter_table_is_the_generated_one():
     from pathlib import Path
 
     docs = (Path(__file__).parents[2] / "docs" / "pipeline.md").read_text()
-    assert P.markdown_table() in docs, "regenerate it: hone pipeline params --markdown"
+    assert P.markdown_table() in docs, "regenerate it: python -m hone.cli.stubgen"
 
 
 def test_upstream_spellings_and_new_parameters_reach_training():
