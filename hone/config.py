@@ -11,7 +11,6 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hone.errors import HoneError, embedded, suggest
@@ -34,9 +33,20 @@ class HoneModel(BaseModel):
 class Section(HoneModel):
     """A group of parameters. Unknown names are rejected by :meth:`RunConfig.from_flat`."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: every float parameter must be finite (learning_rate: .inf is an error, not a run)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
     # Parameters needed to run but not part of the run's identity (not compared when reusing an output dir).
     volatile: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: Any) -> Any:
+        """A boolean where a number is expected is a mistake (pydantic would take true as 1)."""
+        if isinstance(v, bool) and info.field_name in cls.model_fields:
+            kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+            if kinds & {int, float} and bool not in kinds and Any not in kinds:
+                raise ValueError(f"a boolean ({str(v).lower()}) is not a number: give a number")
+        return v
 
 
 class DataConfig(Section):
@@ -78,6 +88,11 @@ class DataConfig(Section):
     @classmethod
     def _column_text(cls, v: Any) -> Any:  # the CLI passes a mapping as text
         return {} if v is None else _json_mapping(v)
+
+    @field_validator("data_output_dir")
+    @classmethod
+    def _output_dir(cls, v: str | None, info: Any) -> str | None:
+        return _writable_dir(v, info.field_name)
 
     @model_validator(mode="after")
     def _format_flags_agree(self) -> "DataConfig":
@@ -186,6 +201,28 @@ class TrainConfig(Section):
                                                     "over them; the last step is always written).")
     overwrite: bool = Field(False, description="Replace an output directory that holds a different run.")
     progress: bool = Field(True, description="Show a progress bar.")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**64:  # torch.manual_seed takes at most 64 bits
+            raise ValueError("the seed must be between 0 and 2**64-1 (18446744073709551615)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        return _device_name(v)
+
+    @field_validator("ckpt_output_dir", "tensorboard_log_dir")
+    @classmethod
+    def _output_dir(cls, v: str | None, info: Any) -> str | None:
+        return _writable_dir(v, info.field_name)
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_store(cls, v: str | None, info: Any) -> str | None:
+        return _tracking_store(v, info.field_name)
 
     @field_validator("lr_scheduler")
     @classmethod
@@ -358,6 +395,16 @@ class LoRAConfig(Section):
     field_input: str | None = Field(None, description="Column holding the optional input (alpaca).")
     field_output: str | None = Field(None, description="Column holding the output (alpaca).")
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _module_names(cls, v: Any) -> Any:
+        """Module names given as one comma-separated text (``q_proj,v_proj``), or a list with such entries."""
+        items = [v] if isinstance(v, str) else v
+        if isinstance(items, (list, tuple)) and all(isinstance(t, str) for t in items):
+            names = [n.strip() for t in items for n in t.split(",") if n.strip()]
+            return names or None
+        return v
+
     @field_validator("init_lora_weights", mode="before")
     @classmethod
     def _bool_words(cls, v: Any) -> Any:
@@ -460,6 +507,87 @@ class LoRAConfig(Section):
             cfg.train = TrainConfig(**{**{k: getattr(t, k) for k in t.model_fields_set}, **train})
         if data:
             cfg.data = DataConfig(**{**{k: getattr(d, k) for k in d.model_fields_set}, **data})
+
+
+def _scalar_kinds(annotation: Any) -> set[Any]:
+    """The scalar types an annotation admits (int | None -> {int, NoneType}; Literal values' types)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_kinds(a) for a in typing.get_args(annotation)))
+    if origin is Literal:
+        return {type(a) for a in typing.get_args(annotation)}
+    return {annotation} if origin is None else {origin}
+
+
+def _device_name(v: str) -> str:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(v).strip()):
+        hint = suggest(str(v), ["auto", "cpu", "cuda", "mps"])
+        raise HoneError(f"unknown device {v!r}" + (f": {hint}" if hint else ""), where="parameter device",
+                        fix="use auto, cpu, cuda, cuda:N (N = the GPU index) or mps")
+    return str(v).strip()
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The existing file (not directory) at ``path`` or at one of its parents, if any."""
+    for p in (path, *path.parents):
+        try:
+            if p.exists():
+                return None if p.is_dir() else p
+        except OSError:
+            return None
+    return None
+
+
+def _writable_dir(v: str | None, name: str) -> str | None:
+    """An output directory that cannot be created because a file is in the way is refused at once."""
+    if not v or "://" in v:
+        return v
+    path = Path(v).expanduser()
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        what = "is an existing file" if blocker == path else f"lies under {blocker}, which is a file"
+        raise HoneError(f"{name} {v!r} {what}: a directory cannot be created there", where=f"parameter {name}",
+                        fix=f"give {name} a directory path (new or existing), not a file")
+    return v
+
+
+def _tracking_store(v: str | None, name: str) -> str | None:
+    """An MLflow store URI on local disk (sqlite:///path, file:path or a plain path) must be usable."""
+    if not v:
+        return v
+    if v.startswith("sqlite:"):
+        rest = v[len("sqlite:"):]
+        if not rest.startswith("///") or rest in ("///", "///:memory:"):
+            raise HoneError(f"{name} {v!r} is not a SQLite database file URI", where=f"parameter {name}",
+                            fix="use sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        db = Path(rest[3:].split("?", 1)[0]).expanduser()
+        if db.is_dir():
+            raise HoneError(f"{name} {v!r} names a directory, not a database file", where=f"parameter {name}",
+                            fix="name a .db file, e.g. sqlite:///mlruns/mlflow.db")
+        blocker = _blocking_file(db.parent)
+        if blocker is not None:
+            raise HoneError(f"{name} {v!r}: the database's directory cannot be created because {blocker} is a file",
+                            where=f"parameter {name}", fix="put the database under a directory, e.g. "
+                            "sqlite:///mlruns/mlflow.db")
+        if db.is_file() and db.stat().st_size:
+            try:
+                with db.open("rb") as fh:
+                    head = fh.read(16)
+            except OSError as err:
+                raise HoneError(f"{name} {v!r}: the database cannot be read ({err.strerror})",
+                                where=f"parameter {name}", fix="make it readable, or name another file") from None
+            if head != b"SQLite format 3\x00":
+                raise HoneError(f"{name} {v!r}: {db} exists and is not a SQLite database", where=f"parameter {name}",
+                                fix="name a new .db file (it is created) or an existing MLflow SQLite database")
+        return v
+    if "://" not in v and not v.startswith("file:") and not v.startswith(("databricks", "uc:")):
+        _writable_dir(v, name)  # a plain path is a file store directory
+    return v
 
 
 def launch_world_size(dist: DistributedConfig) -> int:
@@ -570,7 +698,7 @@ class RunConfig(HoneModel):
         grouped: dict[str, dict[str, Any]] = {s: {} for s in sections}
         for key, value in params.items():
             if key not in owners:
-                hint = suggest(key, owners)
+                hint = _unknown_hint(key, value, owners, sections)
                 raise HoneError(
                     f"unknown parameter {key!r} for {algorithm}" + (f": {hint}" if hint else ""),
                     where=origins.get(key, source),
@@ -592,8 +720,8 @@ class RunConfig(HoneModel):
         params: dict[str, Any] = {}
         origins: dict[str, str] = {}
         if config_file:
-            params = load_yaml_config(config_file)
-            origins = {k: f"config file {config_file}" for k in params}
+            params, lines = load_yaml_config_lines(config_file)
+            origins = {k: f"config file {config_file}" + (f":{lines[k]}" if k in lines else "") for k in params}
         for key, value in overrides.items():
             params[key] = value
             origins[key] = f"option --{key.replace('_', '-')}"
@@ -611,6 +739,25 @@ class RunConfig(HoneModel):
         return out
 
 
+# names people write for a parameter (the CLI's short flags, other tools' spellings)
+_SYNONYMS = {"model": "model_path", "data": "data_path", "output": "ckpt_output_dir", "output_dir":
+             "ckpt_output_dir", "lr": "learning_rate", "epochs": "num_epochs", "batch_size": "effective_batch_size"}
+
+
+def _unknown_hint(key: Any, value: Any, owners: dict[str, str], sections: dict[str, Any]) -> str:
+    """'did you mean' text for an unknown flat parameter name."""
+    name = str(key)
+    if name in sections or name in ("train", "data", "distributed", "training", "model", "lora", "osft") \
+            and isinstance(value, dict):
+        return (f"the configuration is flat: write the parameters of {name!r} at the top level "
+                f"(e.g. learning_rate: 1e-5), not nested under {name!r}")
+    if name.replace("-", "_") in owners:
+        return f"did you mean {name.replace('-', '_')!r}? (names use underscores; dashes are for CLI flags)"
+    if _SYNONYMS.get(name) in owners:
+        return f"did you mean {_SYNONYMS[name]!r}?"
+    return suggest(name, owners)
+
+
 def _validation_error(err: ValidationError, source: str, origins: dict[str, str]) -> HoneError:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
@@ -619,26 +766,30 @@ def _validation_error(err: ValidationError, source: str, origins: dict[str, str]
         return HoneError(f"missing required parameter {name!r}", where=source,
                          fix=f"pass {name} (CLI: --{name.replace('_', '-')})")
     given = first.get("input")
-    return HoneError(f"invalid value for {name!r}: {given!r} ({first['msg']})",
-                     where=f"{origins.get(name, source)}, parameter {name}",
-                     fix="see `hone train --help` for accepted values")
+    msg = first["msg"].removeprefix("Value error, ")
+    fix = "see `hone train --help` for accepted values"
+    if isinstance(given, str) and "$" in given:
+        fix = "write the value itself: environment variables ($NAME, ${NAME}) are not expanded in parameters; " + fix
+    return HoneError(f"invalid value for {name!r}: {given!r} ({msg})",
+                     where=f"{origins.get(name, source)}, parameter {name}", fix=fix)
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Read a flat YAML config (keys are the Python parameter names)."""
+    return load_yaml_config_lines(path)[0]
+
+
+def load_yaml_config_lines(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A flat YAML config and the line of each key. Strict (:func:`hone.io.load_yaml_mapping`): UTF-8, no key
+    twice, no alias bomb, a mapping with parameter names as keys."""
+    from hone.io import load_yaml_mapping
+
     path = Path(path)
+    if path.is_dir():
+        raise HoneError(f"config file is a directory: {path}", where="--config", fix="pass the path of a YAML file")
     if not path.is_file():
         raise HoneError(f"config file not found: {path}", where="--config", fix="pass the path of a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise HoneError(f"invalid YAML: {getattr(err, 'problem', err)}", where=where, fix="fix the YAML syntax") from None
-    if not isinstance(data, dict):
-        raise HoneError("config file must be a mapping of parameter names to values", where=str(path),
-                        fix="write `learning_rate: 1e-5` style lines")
-    return data
+    return load_yaml_mapping(path, "config file")
 
 
 class EvalConfig(Section):
@@ -679,6 +830,16 @@ class EvalConfig(Section):
                                         "by more than this fraction of its base value.")
     trust_remote_code: bool = Field(False, description="Allow model code from the model repository (off unless asked).")
     overwrite: bool = Field(False, description="Replace an output directory that holds files other than an evaluation.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        return _device_name(v)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, v: str, info: Any) -> str:
+        return _writable_dir(v, info.field_name)
 
     @field_validator("tasks", "include_path", mode="before")
     @classmethod
@@ -738,8 +899,8 @@ class EvalConfig(Section):
     @classmethod
     def from_sources(cls, config_file: str | Path | None, overrides: dict[str, Any]) -> "EvalConfig":
         """A flat YAML config overlaid with explicit values (CLI flags); explicit values win."""
-        params: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
-        origins = {k: f"config file {config_file}" for k in params}
+        params, lines = load_yaml_config_lines(config_file) if config_file else ({}, {})
+        origins = {k: f"config file {config_file}" + (f":{lines[k]}" if k in lines else "") for k in params}
         for key, value in overrides.items():
             params[key] = value
             origins[key] = f"option {cls.flag(key)}"
@@ -783,6 +944,11 @@ class RegistryConfig(Section):
     registry_format_name: str = Field("pytorch", description="Model format name (Kubeflow registry).")
     registry_format_version: str = Field("1.0", description="Model format version (Kubeflow registry).")
 
+    @field_validator("registry_tracking_uri")
+    @classmethod
+    def _mlflow_store(cls, v: str | None, info: Any) -> str | None:
+        return _tracking_store(v, info.field_name)
+
     @field_validator("registry_token_env")
     @classmethod
     def _env_name(cls, v: str) -> str:
@@ -811,6 +977,8 @@ class PipelineConfig(Section):
         description="Environment variables as KEY=VAL,KEY=VAL.")
     pull_secret: str = Field("", description="Pull secret for container registry.")
     runtime: str = Field("training-hub", description="ClusterTrainingRuntime of the TrainJob (more than one worker).")
+    train_timeout: int = Field(0, ge=0, description="Seconds to wait for the TrainJob (more than one worker) "
+                                                    "before deleting it; 0: no limit.")
     dataset_hf_token: str = Field("", description="HuggingFace token for private datasets (prefer the hf-token "
                                                   "secret: a parameter value is visible in the run's record).")
     train_hf_token: str = Field("", description="HuggingFace token for gated models (prefer the hf-token secret).")

@@ -78,12 +78,13 @@ _SECRET_WORDS = (
 )
 _KEY_RE = re.compile(r"(?:^|[_\-.])(" + "|".join(sorted({re.escape(w) for w in _SECRET_WORDS}, key=len,
                                                              reverse=True)) + r")(?:$|[_\-.])", re.IGNORECASE)
-# Environment variable names that look like credentials (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, REGISTRY_AUTH;
-# not TOKENIZERS_PARALLELISM).
-_SECRET_ENV_RE = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIALS?|AUTH)(_|$)|"
-                            r"(^|_)(API|ACCESS|PRIVATE|SECRET)_?KEY(_|$)", re.I)
-# Query parameters of a URI whose values are credentials (presigned URLs, ?token=...).
-_SENSITIVE_QUERY = re.compile(r"sig|token|key|secret|credential|password|auth|session", re.I)
+# Environment variable names that look like credentials (HF_TOKEN, WANDB_API_KEY, OPENAI_KEY, DB_PASSWORD, DB_PASS,
+# REGISTRY_AUTH; not TOKENIZERS_PARALLELISM, MAX_TOKENS or KEYCLOAK_URL): one of the words as a whole `_` part.
+_SECRET_ENV_RE = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|PASS|PASSPHRASE|CREDENTIALS?|AUTH|KEY|"
+                            r"APIKEY|SIGNATURE)(_|$)|(^|_)(API|ACCESS|PRIVATE|SECRET)_?KEY(_|$)", re.I)
+# Query parameters of a URI whose values are credentials (presigned URLs: X-Amz-Signature, X-Amz-Credential,
+# X-Amz-Security-Token, X-Goog-Signature, Azure SAS sig=, ?token=, ?access_token=, ?apikey=, ?password=...).
+_SENSITIVE_QUERY = re.compile(r"sig|token|key|secret|credential|password|passwd|pwd|pass$|auth|session|code$", re.I)
 
 
 def is_secret_key(key: str) -> bool:
@@ -133,48 +134,79 @@ def secret_env_values(extra: Iterable[str] = (), env: Mapping[str, str] | None =
 # -- keeping them out -----------------------------------------------------------------------------------------
 
 def redact_uri(uri: str) -> str:
-    """``uri`` without user:password and with signature/token-like query values replaced by ``***``."""
+    """``uri`` without user:password and with signature/token-like query (and fragment) values replaced by
+    ``***``; a URI that does not parse is masked by shape (:func:`scrub_text`'s rules, without environment values)."""
     if "://" not in uri:
         return uri
     try:
         parts = urlsplit(uri)
     except ValueError:
-        return uri
+        return scrub_text(uri, known=())
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SENSITIVE_QUERY.search(k) else v) for k, v in pairs], safe="*/:")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+    def masked(text: str) -> str:
+        if not text or "=" not in text:
+            return text
+        pairs = parse_qsl(text, keep_blank_values=True)
+        return urlencode([(k, "***" if _SENSITIVE_QUERY.search(k) else v) for k, v in pairs], safe="*/:")
+
+    query, fragment = masked(parts.query), masked(parts.fragment)
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
+        out = uri  # nothing to hide: the URI as written (urlunsplit would turn s3:///key into s3:/key)
+    else:
+        out = urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+    return scrub_text(out, known=())  # token shapes in the path (https://host/hf_.../x.jsonl)
 
 
 def scrub(text: str) -> str:
-    """Remove credential values (from the environment) from a message of an underlying library."""
+    """Remove credential values (from the environment) and credential shapes from a message of an underlying
+    library."""
     values = {os.environ.get(name) for name in SECRET_ENV_NAMES}
+    values.update(secret_env_values())
     for value in sorted((v for v in values if v and len(v) >= 4), key=len, reverse=True):
         text = text.replace(value, "***")
-    return text
+    return scrub_text(text, known=())
 
 
 _SHAPES = [
     # userinfo in URLs: scheme://user:password@host -> scheme://[REDACTED]@host
     (re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s@:]*:[^/\s@]*@"), r"\g<pre>" + REDACTED + "@"),
     # credentials in query strings (presigned URLs, ?token=, &sig=)
-    (re.compile(r"(?P<pre>[?&](?:[^=&\s]*(?:token|secret|password|signature|credential|key|sig|auth)"
-                r"[^=&\s]*)=)[^&\s#]+", re.IGNORECASE), r"\g<pre>" + REDACTED),
+    (re.compile(r"(?P<pre>[?&#](?:[^=&\s#]*(?:token|secret|password|signature|credential|key|sig|auth)"
+                r"[^=&\s#]*)=)(?!\*\*\*(?:[&\s#]|$))[^&\s#]+", re.IGNORECASE), r"\g<pre>" + REDACTED),
     (re.compile(r"\bhf_[A-Za-z0-9]{16,}\b"), REDACTED),                         # Hugging Face tokens
     (re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b"), REDACTED),    # AWS access key ids
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"), REDACTED),  # JWTs (k8s tokens)
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/\-]{8,}=*"), r"\1 " + REDACTED),
-    (re.compile(r"\b(?:ghp|gho|ghs|github_pat|glpat|xox[abp])_[A-Za-z0-9_]{16,}\b"), REDACTED),
+    (re.compile(r"\b(?:ghp|gho|ghs|ghu|ghr|github_pat|glpat|xox[abpr])[_-][A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(r"\bsk-(?:proj-|ant-|live_|test_)?[A-Za-z0-9_\-]{20,}"), REDACTED),  # OpenAI/Anthropic/Stripe keys
+    (re.compile(r"\b(?:rk|pk)_live_[A-Za-z0-9]{16,}"), REDACTED),
+    (re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"), REDACTED),                        # Google API keys
+    (re.compile(r"\bnpm_[A-Za-z0-9]{30,}"), REDACTED),
+    (re.compile(r"\bsha256~[A-Za-z0-9_\-]{20,}"), REDACTED),                    # OpenShift OAuth tokens
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL), REDACTED),
 ]
 
 
+# NAME=value (and "name": "value") where NAME names a secret (WANDB_API_KEY=..., DB_PASSWORD=..., hf_token=...):
+# the value is masked whatever it looks like.
+_ASSIGNMENT = re.compile(r"""(?P<name>(?<![\w.\-])[A-Za-z_][A-Za-z0-9_.\-]*)(?P<q>["']?)(?P<sep>\s*=\s*|\s*:\s*(?=["']))"""
+                         r"""(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s,;&"'<>]+)""")
+
+
+def _assignment(m: "re.Match[str]") -> str:
+    name, value = m.group("name"), m.group("value")
+    if value.strip("\"'") in ("", REDACTED, "***", "<redacted>") or not (is_secret_env(name) or is_secret_key(name)):
+        return m.group(0)
+    quote = value[0] if value[:1] in "\"'" and len(value) > 1 else ""
+    return f"{name}{m.group('q')}{m.group('sep')}{quote}{REDACTED}{quote}"
+
+
 def scrub_text(text: str, known: Iterable[str] | None = None) -> str:
-    """Mask every secret found in ``text`` (by value, then by shape)."""
+    """Mask every secret found in ``text``: by value (the secret environment variables of this process, or
+    ``known``), then by shape (credentials in URLs, token formats, ``SECRET_NAME=value`` assignments)."""
     if not text:
         return text
     for secret in (secret_env_values() if known is None else known):
@@ -182,6 +214,8 @@ def scrub_text(text: str, known: Iterable[str] | None = None) -> str:
             text = text.replace(secret, REDACTED)
     for pattern, repl in _SHAPES:
         text = pattern.sub(repl, text)
+    if "=" in text or ":" in text:
+        text = _ASSIGNMENT.sub(_assignment, text)
     return text
 
 

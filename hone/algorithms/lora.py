@@ -96,13 +96,16 @@ class LoRAHooks(AlgorithmHooks):
 
     @classmethod
     def from_config(cls, cfg: Any) -> "LoRAHooks":
-        return cls(cfg.lora, device=cfg.train.device)
+        hooks = cls(cfg.lora, device=cfg.train.device)
+        hooks.model_path = cfg.train.model_path  # target_modules are checked against it before anything runs
+        return hooks
 
     def __init__(self, cfg: LoRAConfig | None = None, *, device: str = "auto"):
         self.cfg = cfg or LoRAConfig()
         self.device = device  # the run's device setting (tf32 and model splitting need CUDA)
         self.target_modules: list[str] | None = None
         self._base_dtype: torch.dtype | None = None
+        self.model_path: str | None = None
 
     # -- before loading --------------------------------------------------------------------------------------
     @property
@@ -153,6 +156,14 @@ class LoRAHooks(AlgorithmHooks):
         except (ValueError, TypeError) as err:
             raise HoneError(f"peft rejects the LoRA parameters: {err}", where="LoRA parameters",
                             fix="correct the parameter named in the message") from None
+        given = c.target_modules
+        if given and not all(t.lower() in DEFAULT_TARGET_WORDS for t in given) and self.model_path \
+                and (Path(self.model_path).expanduser() / "config.json").is_file():
+            from hone.models.load import meta_model
+
+            model = meta_model(Path(self.model_path).expanduser())  # shapes only: no weights are read
+            if model is not None:
+                self.resolve_target_modules(model)  # names matching no module fail now, before any output
 
     def load_kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = self.quantization_kwargs()

@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="hone", standalone_mode=False)
     except HoneError as err:
-        click.echo(f"error: {err}", err=True)
+        from hone.secrets import scrub_text
+
+        click.echo(f"error: {scrub_text(str(err))}", err=True)  # last safety net: a secret in a quoted value
         return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -2,9 +2,10 @@
 
 - ``hone/__init__.pyi``: explicit signatures of ``hone.sft``, ``hone.osft`` and ``hone.lora_sft`` (every
   keyword, its type and its default for that algorithm), so that editors complete and type-check calls;
-- the parameter table of ``docs/pipeline.md`` (``hone pipeline params --markdown``).
+- the parameter table of ``docs/pipeline.md`` (``hone pipeline params --markdown``);
+- the compiled flavours' table of ``docs/kfp.md`` (each flavour's spelling and default).
 
-``tests/test_stubs.py`` and ``tests/pipeline/test_params.py`` fail when either is out of date.
+``tests/test_stubs.py`` and ``tests/pipeline/test_params.py`` fail when one is out of date.
 
     python -m hone.cli.stubgen
 """
@@ -110,23 +111,32 @@ def render() -> str:
 
 DOCS = STUB.parents[1] / "docs" / "pipeline.md"
 TABLE_HEAD = "| parameter | type | default ("
+KFP_DOCS = STUB.parents[1] / "docs" / "kfp.md"
+KFP_TABLE_HEAD = "| parameter | `sft` |"
 
 
-def docs_with_table(text: str) -> str:
-    """``docs/pipeline.md``'s text with its parameter table (up to the next blank line) regenerated."""
-    from hone.pipeline.params import markdown_table
-
-    start = text.index(TABLE_HEAD)
+def docs_with_table(text: str, head: str = TABLE_HEAD, table: str | None = None) -> str:
+    """``text`` with the table starting at ``head`` (up to the next blank line) replaced by ``table``
+    (default: docs/pipeline.md's parameter table)."""
+    if table is None:
+        from hone.pipeline.params import markdown_table
+        table = markdown_table()
+    start = text.index(head)
     end = text.find("\n\n", start)
-    return text[:start] + markdown_table() + ("\n" if end == -1 else text[end:])
+    return text[:start] + table + ("\n" if end == -1 else text[end:])
 
 
 def main() -> int:
+    from hone.pipeline.params import flavour_table
+
     STUB.write_text(render())
     print(f"wrote {STUB}")
     if DOCS.is_file():
         DOCS.write_text(docs_with_table(DOCS.read_text()))
         print(f"wrote the parameter table of {DOCS}")
+    if KFP_DOCS.is_file():
+        KFP_DOCS.write_text(docs_with_table(KFP_DOCS.read_text(), KFP_TABLE_HEAD, flavour_table()))
+        print(f"wrote the flavour table of {KFP_DOCS}")
     return 0
 
 

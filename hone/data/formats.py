@@ -191,6 +191,8 @@ def _messages(row: dict, spec: FormatSpec) -> dict:
                 else _clean(m) for m in msgs]
     if "messages" not in row:
         return dict(row)  # check_messages explains a missing field
+    if isinstance(msgs, list):
+        _no_content_parts(msgs, "messages")
     unmask = row.get("unmask")
     if unmask is None:
         return {"messages": msgs}
@@ -198,6 +200,18 @@ def _messages(row: dict, spec: FormatSpec) -> dict:
         raise RowError("wrong_type", f"unmask is {type(unmask).__name__}, expected true or false", "unmask")
     # instructlab-training's per-row switch: this conversation trains on every non-system turn
     return {"messages": msgs, "unmask": unmask} if unmask else {"messages": msgs}
+
+
+def _no_content_parts(msgs: list, field: str) -> None:
+    """Content given as a list of parts (OpenAI's multimodal form) is refused with what to write instead: joining
+    the text parts would guess at separators, and other parts (images, audio) cannot be trained on here."""
+    for i, m in enumerate(msgs):
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            kinds = sorted({str(p.get("type")) for p in content if isinstance(p, dict)} or {"?"})
+            raise RowError("wrong_type", f"{field}[{i}] content is a list of parts (types: {', '.join(kinds)}), "
+                           "expected a string: hone trains on text chats; write the text as one string "
+                           "(join the text parts yourself, leave out images/audio)", f"{field}[{i}].content")
 
 
 def _conversations(row: dict, spec: FormatSpec) -> dict:
@@ -290,6 +304,13 @@ def _processed(row: dict, spec: FormatSpec) -> dict:
                        "labels")
     if not ids:
         raise RowError("empty_value", "'input_ids' is empty", "input_ids")
+    bad_id = next((i for i, v in enumerate(ids) if v < 0), None)
+    if bad_id is not None:
+        raise RowError("wrong_type", f"input_ids[{bad_id}] is {ids[bad_id]}: token ids are 0 or more", "input_ids")
+    bad_label = next((i for i, v in enumerate(labels) if v < 0 and v != -100), None)
+    if bad_label is not None:
+        raise RowError("wrong_type", f"labels[{bad_label}] is {labels[bad_label]}: a label is a token id (0 or more) "
+                       "or -100 (no loss on that token)", "labels")
     return {"input_ids": list(ids), "labels": list(labels)}
 
 

@@ -17,6 +17,8 @@ KINDS = {
     "mixed_pretraining": "pretraining mixed with chat roles",
     "length_mismatch": "input_ids and labels differ in length",
     "bad_csv_row": "CSV row with the wrong number of fields",
+    "duplicate_key": "the same key twice in one object",
+    "invalid_text": "text that is not valid Unicode (lone surrogate)",
 }
 
 

@@ -110,7 +110,68 @@ def _json_error(err: json.JSONDecodeError) -> str:
         "; the line ends before the value is complete (truncated?)" if truncated else "")
 
 
-_loads = json.JSONDecoder().decode
+class DuplicateKey(ValueError):
+    """The same key twice in one JSON object (``json`` would silently keep only the last value)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise DuplicateKey(k)
+            seen.add(k)
+    return d
+
+
+#: The JSON decoder of every data row: duplicate keys in an object raise :class:`DuplicateKey`.
+DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_loads = DECODER.decode
+_BOM = b"\xef\xbb\xbf"
+_DUPLICATE_FIX = "JSON keeps only the last value, so the earlier one would be lost silently; merge or rename them"
+TOO_DEEP = ("invalid_json", "invalid JSON: nested too deeply (more levels of arrays/objects than Python's JSON "
+                            "reader allows, about 1,000); a data row holds a flat list of messages")
+
+
+def duplicate_key_error(err: DuplicateKey) -> tuple[str, str]:
+    return "duplicate_key", f"the key {err.key!r} appears twice in one object ({_DUPLICATE_FIX})"
+
+
+def lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The path of the first string in ``value`` holding a lone UTF-16 surrogate (``"\\ud800"`` escapes that
+    are not half of a pair), which no UTF-8 file or tokenizer can hold; None when there is none."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"{path or 'the value'} (character {err.start + 1}: \\u{ord(value[err.start]):04x})"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            name = k.encode("utf-8", "backslashreplace").decode("utf-8")  # a key may hold the surrogate itself
+            sub = f"{path}.{name}" if path else name
+            if name != k:
+                return f"the key {sub!r}"
+            found = lone_surrogate(v, sub)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = lone_surrogate(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _surrogate_error(found: str) -> tuple[str, str]:
+    return "invalid_text", (f"{found} holds a lone UTF-16 surrogate escape (a \\ud800-\\udfff escape that is not "
+                            "half of a pair): not text any UTF-8 file or tokenizer can hold; fix the export "
+                            "(the string was cut inside an emoji or written by a broken encoder)")
 
 
 def _jsonl(stream: BinaryIO, display: str) -> Iterator[Record]:
@@ -121,9 +182,19 @@ def _jsonl(stream: BinaryIO, display: str) -> Iterator[Record]:
             continue
         if first:
             first = False
-            line = line.removeprefix(b"\xef\xbb\xbf")
+            if line[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(line) > 1 and b"\x00" in line[:2]):
+                raise HoneError("the file is UTF-16 encoded (a byte-order mark or NUL bytes between the "
+                                "characters), not UTF-8", where=f"{display}:{n}",
+                                fix="save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 in.jsonl > out.jsonl)")
+            line = line.removeprefix(_BOM)
             if line[:1] == b"[":
                 _refuse_array(line, display, n)
+        elif line.startswith(_BOM):
+            yield Record(f"{display}:{n}", None, (
+                "invalid_json", "the line starts with a UTF-8 byte-order mark (BOM): files concatenated from "
+                "several exports (cat a.jsonl b.jsonl)? remove the BOM (only the very start of a file may have "
+                "one), e.g. sed -i '2,$s/^\\xEF\\xBB\\xBF//' FILE"))
+            continue
         where = f"{display}:{n}"
         try:
             row = _loads(line.decode("utf-8"))
@@ -131,15 +202,44 @@ def _jsonl(stream: BinaryIO, display: str) -> Iterator[Record]:
             yield Record(where, None, ("invalid_utf8", f"the line is not valid UTF-8 (byte 0x{line[err.start]:02x} "
                                                        f"at column {err.start + 1}); save the file as UTF-8"))
         except json.JSONDecodeError as err:
-            yield Record(where, None, ("invalid_json", _json_error(err)))
+            yield Record(where, None, ("invalid_json", _line_error(line, err)))
+        except DuplicateKey as err:
+            yield Record(where, None, duplicate_key_error(err))
+        except RecursionError:
+            yield Record(where, None, TOO_DEEP)
         else:
+            if b"\\ud" in line or b"\\uD" in line:
+                try:
+                    found = lone_surrogate(row)
+                except RecursionError:
+                    yield Record(where, None, TOO_DEEP)
+                    continue
+                if found:
+                    yield Record(where, None, _surrogate_error(found))
+                    continue
             yield Record(where, row)
+
+
+def _line_error(line: bytes, err: json.JSONDecodeError) -> str:
+    """The message for a JSON Lines line that does not parse, with the likely cause when there is a clear one."""
+    body = line.strip(b" \t\r\n")
+    if b"\r" in body and err.msg.startswith(("Extra data", "Expecting")):
+        return ("the file uses CR-only line endings (old Mac style: lines end with \\r, no \\n), so the rows "
+                f"run together on one line ({_json_error(err)}); convert the line endings to \\n "
+                "(e.g. tr '\\r' '\\n' < in.jsonl > out.jsonl)")
+    if b"\x00" in line:
+        return f"the line holds NUL bytes (a binary or UTF-16 file?) ({_json_error(err)}); save the file as UTF-8 text"
+    if body.endswith(b",") and err.msg.startswith("Extra data"):
+        return f"{_json_error(err)}: a trailing comma after the object? JSON Lines has one object per line, no commas"
+    return _json_error(err)
 
 
 def _refuse_array(line: bytes, display: str, n: int) -> None:
     """A .jsonl file whose first line opens a JSON array is a JSON file, not JSON Lines."""
     try:
         value = json.loads(line)
+    except RecursionError:
+        raise HoneError(TOO_DEEP[1], where=f"{display}:{n}", fix="write one flat JSON object per line") from None
     except (ValueError, UnicodeDecodeError):
         value = None  # e.g. a pretty-printed array: '[' alone on the line
     if value is None or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
@@ -202,10 +302,21 @@ class _JsonText:
         while True:
             try:
                 value, end = parser.raw_decode(self.buf, self.pos)
+            except DuplicateKey as err:
+                kind, msg = duplicate_key_error(err)
+                raise HoneError(msg, where=f"{self.display}:{self.line()}",
+                                fix="each object may name a key once") from None
+            except RecursionError:
+                raise HoneError(TOO_DEEP[1], where=f"{self.display}:{self.line()}",
+                                fix="a .json file holds one array of flat row objects") from None
             except json.JSONDecodeError as err:
                 if not self.eof:
                     self.more()  # maybe the value goes on in the next chunk; retry on the shifted buffer
                     continue
+                if self.buf[err.pos:err.pos + 1] == "\ufeff":
+                    raise HoneError("a UTF-8 byte-order mark (BOM) inside the file: files concatenated from several "
+                                    "exports?", where=f"{self.display}:{self.line(err.pos)}",
+                                    fix="remove the BOM (only the very start of a file may have one)") from None
                 truncated = err.pos >= len(self.buf.rstrip()) or err.msg.startswith("Unterminated string")
                 raise HoneError(f"invalid JSON: {err.msg}" + ("; the file ends before the value is complete "
                                                              "(truncated file?)" if truncated else ""),
@@ -213,6 +324,11 @@ class _JsonText:
                                 fix="fix the JSON syntax (a .json file holds one array of objects)") from None
             if end == len(self.buf) and not isinstance(value, (dict, list)) and self.more():
                 continue  # a number cut at the end of the buffer
+            if "\\ud" in self.buf[self.pos:end] or "\\uD" in self.buf[self.pos:end]:
+                found = lone_surrogate(value)
+                if found:
+                    raise HoneError(_surrogate_error(found)[1], where=f"{self.display}:{self.line()}",
+                                    fix="fix the text at that place in the file")
             self.pos = end
             return value
 
@@ -222,7 +338,7 @@ class _JsonText:
 
 
 def _json(stream: BinaryIO, display: str) -> Iterator[Record]:
-    text, parser = _JsonText(stream, display), json.JSONDecoder()
+    text, parser = _JsonText(stream, display), DECODER
     if not text.skip_ws():
         return
     first = text.buf[text.pos]
@@ -273,6 +389,7 @@ def _csv(stream: BinaryIO, display: str, delimiter: str) -> Iterator[Record | He
         if header is None:
             return
         columns = tuple(h.strip() for h in header)
+        _unique_columns(columns, f"{display}:1", "CSV header")
         yield Header(display, columns, "csv")
         line = reader.line_num
         for fields in reader:
@@ -285,14 +402,23 @@ def _csv(stream: BinaryIO, display: str, delimiter: str) -> Iterator[Record | He
                                                           f"{len(columns)} ({', '.join(columns)})"))
                 continue
             row: dict[str, Any] = dict(zip(columns, fields))
+            problem: tuple[str, str] | None = None
             for key in _JSON_CELLS:
                 v = row.get(key)
                 if isinstance(v, str) and v.lstrip().startswith("["):
                     try:
-                        row[key] = json.loads(v)
+                        row[key] = _loads(v)
+                    except DuplicateKey as err:
+                        kind, msg = duplicate_key_error(err)
+                        problem = kind, f"column {key!r}: {msg}"
+                    except RecursionError:
+                        problem = TOO_DEEP[0], f"column {key!r}: {TOO_DEEP[1]}"
                     except json.JSONDecodeError:
                         pass  # reported by validation as a string where a list is expected
-            yield Record(where, row)
+                    else:
+                        if ("\\ud" in v or "\\uD" in v) and (found := lone_surrogate(row[key], key)):
+                            problem = _surrogate_error(found)
+            yield Record(where, None, problem) if problem else Record(where, row)
     except UnicodeDecodeError:
         raise HoneError("the file is not valid UTF-8", where=f"{display}:{line + 1}",
                         fix="save the file as UTF-8") from None
@@ -300,6 +426,15 @@ def _csv(stream: BinaryIO, display: str, delimiter: str) -> Iterator[Record | He
         raise HoneError(f"unreadable CSV: {err}", where=f"{display}:{line + 1}", fix="fix the CSV syntax") from None
     finally:
         text.detach()  # leave the underlying stream open (its owner closes it)
+
+
+def _unique_columns(columns: tuple[str, ...], where: str, what: str) -> None:
+    seen: set[str] = set()
+    for c in columns:
+        if c in seen:
+            raise HoneError(f"the {what} names the column {c!r} twice (one of them would be lost silently)",
+                            where=where, fix="rename or drop one of the two columns")
+        seen.add(c)
 
 
 # -- Parquet and datasets ------------------------------------------------------------------------------------
@@ -314,6 +449,7 @@ def read_parquet(source: Any, display: str) -> Iterator[Record | Header]:
     except (pa.ArrowException, OSError) as err:
         raise HoneError(f"not a readable Parquet file: {err}", where=display,
                         fix="check the file (it may be truncated or not Parquet)") from None
+    _unique_columns(tuple(pf.schema_arrow.names), display, "Parquet schema")
     yield Header(display, tuple(pf.schema_arrow.names), "parquet")
     i = 0
     for batch in pf.iter_batches(batch_size=1024):

@@ -14,6 +14,7 @@ from hone.data.formats import DETECT_ROWS, FORMATS, FormatSpec, detect_format, n
 from hone.data.problems import KINDS, Problem, RowError
 from hone.data.records import Header, Record
 from hone.errors import HoneError
+from hone.secrets import scrub_text
 
 _MAX_BUFFER = 10_000  # records held back at most while the format is being detected
 
@@ -166,8 +167,8 @@ class Validator:
         res = self.result
         res.rows_invalid += 1
         res.problem_counts[p.kind] += 1
-        if len(res.problems) < self.max_errors:
-            res.problems.append(p)
+        if len(res.problems) < self.max_errors:  # kept for the report and messages: secrets in the row masked
+            res.problems.append(Problem(p.where, p.kind, scrub_text(p.message), p.field))
 
 
 def _exclusive(fmt: str, forced: str, flag: str) -> str:

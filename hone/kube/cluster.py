@@ -16,9 +16,10 @@ from hone.kube.credentials import ClusterAccess, resolve_access
 log = logging.getLogger("hone")
 T = TypeVar("T")
 
+GROUP, VERSION, TRAINJOBS = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 RBAC_HINT = ("grant the job's identity the RBAC in docs/kubernetes.md (trainer.kubeflow.org trainjobs: create, get, "
              "list, delete; clustertrainingruntimes and trainingruntimes: get, list; pods and pods/log: get, list; "
-             "events: list)")
+             "events: list; secrets: create, patch, delete when a job's values carry credentials)")
 
 
 def _chain(err: BaseException) -> list[BaseException]:
@@ -48,12 +49,39 @@ def _server_message(e: Any) -> str:
         return str(getattr(e, "reason", "") or "").strip()
 
 
-def api_error(err: BaseException, action: str, where: str) -> HoneError:
+def _certificate_problem(chain: list[BaseException]) -> str | None:
+    """The TLS verification failure in ``chain`` in words (``certificate verify failed: ...``), if any."""
+    import ssl
+
+    from urllib3.exceptions import MaxRetryError, SSLError
+
+    for e in list(chain):
+        reason = getattr(e, "reason", None) if isinstance(e, MaxRetryError) else None
+        if isinstance(reason, BaseException):
+            chain = chain + _chain(reason)
+    for e in chain:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return str(getattr(e, "verify_message", "") or "certificate verify failed")
+    for e in chain:
+        if isinstance(e, (SSLError, ssl.SSLError)) and "CERTIFICATE_VERIFY_FAILED" in str(e):
+            text = str(e)
+            tail = text.split("certificate verify failed:", 1)[-1].split(")", 1)[0].strip()
+            return tail if tail and tail != text else "certificate verify failed"
+    return None
+
+
+def api_error(err: BaseException, action: str, where: str, ca: str | None = None) -> HoneError:
     """A HoneError for a failed SDK call: status-specific, from the status and server message only."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     chain = _chain(err)
+    problem = _certificate_problem(chain)
+    if problem is not None:
+        return HoneError(f"{action}: the API server's TLS certificate is not trusted ({problem})",
+                         where=f"{where}; checked against {ca or 'the configured CA'}",
+                         fix="point KUBERNETES_CA_FILE (or --ca-file) at the PEM bundle of the CA that signed the API "
+                             "server's certificate; in a pod the service-account ca.crt is used by default")
     api = next((e for e in chain if isinstance(e, ApiException)), None)
     if api is not None and api.status:
         msg = _server_message(api)
@@ -93,6 +121,7 @@ class Cluster:
         resolved = resolve_access(access)
         self.source = resolved.source
         self.token = resolved.token
+        self.ca = resolved.ca
         # The SDK's control-plane version probe (a ConfigMap in kubeflow-system) only warns, often because RBAC
         # hides that namespace from users; hone does not need it, so it stays quiet.
         sdk_log = logging.getLogger("kubeflow.trainer.backends.kubernetes.backend")
@@ -123,7 +152,10 @@ class Cluster:
         except HoneError:
             raise
         except Exception as err:  # the SDK wraps everything in RuntimeError/TimeoutError/ValueError
-            raise api_error(err, action, self.where) from None
+            raise api_error(err, action, self.where, self.ca) from None
+
+    def error(self, err: BaseException, action: str) -> HoneError:
+        return api_error(err, action, self.where, getattr(self, "ca", None))
 
     def runtimes(self) -> list:
         return self.call("listing training runtimes", self.client.list_runtimes)
@@ -133,3 +165,39 @@ class Cluster:
 
     def delete_job(self, name: str) -> None:
         self.call(f"deleting TrainJob {name}", self.client.delete_job, name)
+
+    # -- a job's credentials Secret (see hone.kube.manifest) ---------------------------------------------------
+    def create_secret(self, body: dict[str, Any]) -> None:
+        """Create the job's credentials Secret (replacing a leftover of the same name, e.g. a resubmission)."""
+        core = self.client.backend.core_api
+        name = body["metadata"]["name"]
+        try:
+            core.create_namespaced_secret(self.namespace, body)
+        except Exception as err:  # noqa: BLE001 - mapped below
+            if api_status(err) != 409:
+                raise self.error(err, f"creating Secret {name} (the job's credentials)") from None
+            self.call(f"replacing Secret {name}", core.replace_namespaced_secret, name, self.namespace, body)
+
+    def delete_secret(self, name: str) -> None:
+        """Delete the job's credentials Secret; gone already is fine, and a failure is only logged."""
+        try:
+            self.client.backend.core_api.delete_namespaced_secret(name, self.namespace)
+            log.debug("deleted Secret %s in namespace %s", name, self.namespace)
+        except Exception as err:  # noqa: BLE001
+            if api_status(err) != 404:
+                log.warning("could not delete Secret %s in namespace %s (%s): delete it with `kubectl delete secret "
+                            "%s -n %s`", name, self.namespace, self.error(err, "deleting it").what, name,
+                            self.namespace)
+
+    def own_secret(self, secret: str, job: str) -> None:
+        """Make the TrainJob the Secret's owner, so that deleting the job (by anyone) deletes the Secret."""
+        backend = self.client.backend
+        try:
+            obj = backend.custom_api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, TRAINJOBS, job)
+            owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob", "name": job,
+                     "uid": obj["metadata"]["uid"], "blockOwnerDeletion": False}
+            backend.core_api.patch_namespaced_secret(secret, self.namespace,
+                                                     {"metadata": {"ownerReferences": [owner]}})
+        except Exception as err:  # noqa: BLE001 - hone still deletes it when it deletes the job
+            log.info("Secret %s is not owned by TrainJob %s (%s); hone deletes it when it deletes the job", secret,
+                     job, self.error(err, "setting its owner").what)

@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hone.config import HoneModel
 from hone.errors import HoneError, suggest
+from hone.io import load_yaml_mapping
 from hone.secrets import HF_TOKEN_SECRET, KUBE_SECRETS, OCI_PULL_SECRET, S3_SECRET, is_secret_env
 
 DEFAULT_RUNTIME = "torch-distributed"
@@ -300,13 +300,5 @@ class KubeJobConfig(HoneModel):
         path = Path(path)
         if not path.is_file():
             raise HoneError(f"job file not found: {path}", where="--job-file", fix="pass the path of a YAML file")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            raise HoneError(f"invalid YAML: {getattr(err, 'problem', err)}",
-                            where=f"{path}:{mark.line + 1}" if mark else str(path), fix="fix the YAML syntax") from None
-        if not isinstance(data, dict):
-            raise HoneError("a job file must be a mapping of option names to values", where=str(path),
-                            fix="write `num_nodes: 2` style lines")
+        data, _lines = load_yaml_mapping(path, "job file")  # duplicate keys, alias bombs, encoding: file:line
         return cls.build({**data, **(overrides or {})}, source=f"job file {path}")

@@ -57,6 +57,7 @@ def local_env(p: JobPlan, manifest: dict, workdir: Path, node_rank: int, master_
                                                                                     "with --backend local")
     out = dict(os.environ)
     out.update(env)
+    out.update(p.secret_data)  # what the job's own Secret would give the pods (credentials found in its values)
     if WORKDIR_ENV in env:  # the PVC mount directory is this machine's working directory
         out[WORKDIR_ENV] = str(workdir)
         out[PVC_ROOT_ENV] = str(workdir)

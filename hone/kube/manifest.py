@@ -8,14 +8,25 @@ so relative paths in the configuration (data, model, outputs) are on the shared 
 
 The manifest is built by the SDK's own ``KubernetesBackend.train`` (``CustomTrainerContainer`` + options);
 for ``--dry-run`` the create call is captured instead of sent, so the printed YAML is what would be sent.
+
+Credentials never sit in the TrainJob's spec (anyone who may read TrainJobs could read them). A training
+parameter that carries one (a data URI with ``user:password@`` or a presigned/token query, a token-shaped
+value, the value of a secret variable of this process) and an environment value that does (``--env``, the
+proxy variables inherited from this process: ``HTTPS_PROXY=http://user:pass@proxy:3128``) go into a
+Kubernetes Secret ``<job>-credentials`` that the pods read by ``secretKeyRef``: created just before the
+TrainJob, owned by it (deleted with it) and deleted by hone when it deletes the job. The parameters travel
+as ``HONE_SECRET_CONFIG`` (YAML appended to the pod's config file); the printed manifest shows their
+redacted form only, as a comment in ``HONE_CONFIG``.
 """
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -23,8 +34,16 @@ from hone.config import RunConfig, load_yaml_config
 from hone.errors import HoneError
 from hone.kube.config import NODE_CONTAINER, KubeJobConfig
 from hone.kube.credentials import secret_values as known_secrets
+from hone.secrets import REDACTED, redact_uri, scrub_text
 
 CONFIG_ENV = "HONE_CONFIG"
+SECRET_CONFIG_ENV = "HONE_SECRET_CONFIG"  # the parameters that carry credentials, from the job's Secret
+SECRET_SUFFIX = "-credentials"
+# Proxy settings of this process, carried to the pods unless the job sets them (--env); with credentials in
+# them (http://user:pass@proxy:3128) they go through the job's Secret.
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
+             "all_proxy")
+MANAGED_BY = {"app.kubernetes.io/managed-by": "hone"}
 WORKDIR_ENV = "HONE_WORKDIR"
 PVC_ROOT_ENV = "HONE_PVC_ROOT"  # where pvc:// data URIs resolve
 VOLUME_NAME = "hone-shared"
@@ -44,14 +63,38 @@ class JobPlan:
     num_procs: int | str
     params: dict[str, Any]  # the flat training configuration the pods read
     notes: list[str] = field(default_factory=list)
+    inherited_env: dict[str, str] = field(default_factory=dict)  # proxy settings of this process
+    secret_params: dict[str, Any] = field(default_factory=dict)  # parameters that carry credentials
+    secret_env: dict[str, str] = field(default_factory=dict)  # environment values that carry credentials
+
+    @property
+    def public_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params.items() if k not in self.secret_params}
 
     @property
     def config_yaml(self) -> str:
-        return yaml.dump(self.params, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
+        text = yaml.dump(self.public_params, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
+        for key, value in self.secret_params.items():  # what they are, without what would let one use them
+            text += f"# {key}: {redact(str(value))}  (from Secret {self.secret_name}, key {SECRET_CONFIG_ENV})\n"
+        return text
+
+    @property
+    def secret_name(self) -> str:
+        return f"{self.name}{SECRET_SUFFIX}"
+
+    @property
+    def secret_data(self) -> dict[str, str]:
+        """The values of the job's Secret (empty: no Secret is needed)."""
+        data = dict(self.secret_env)
+        if self.secret_params:
+            data[SECRET_CONFIG_ENV] = yaml.dump(self.secret_params, Dumper=getattr(yaml, "CSafeDumper",
+                                                                                   yaml.SafeDumper), sort_keys=False)
+        return data
 
     @property
     def command(self) -> list[str]:
-        return pod_command(self.algorithm, workdir=self.job.mount_path is not None)
+        return pod_command(self.algorithm, workdir=self.job.mount_path is not None,
+                           secret_config=bool(self.secret_params))
 
     @property
     def env(self) -> dict[str, str]:
@@ -60,7 +103,46 @@ class JobPlan:
         if self.job.mount_path:
             env[WORKDIR_ENV] = self.job.mount_path
             env[PVC_ROOT_ENV] = self.job.mount_path
-        return {**env, **self.job.env}
+        env.update({**self.inherited_env, **self.job.env})
+        return {k: v for k, v in env.items() if k not in self.secret_env}
+
+    def secret_manifest(self, namespace: str | None = None, *, redacted: bool = True) -> dict[str, Any] | None:
+        """The job's Secret (None when nothing needs one); ``redacted``: values shown as [REDACTED]."""
+        data = self.secret_data
+        if not data:
+            return None
+        meta: dict[str, Any] = {"name": self.secret_name, "labels": {**MANAGED_BY, "hone/trainjob": self.name}}
+        if namespace:
+            meta["namespace"] = namespace
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
+                "stringData": {k: REDACTED if redacted else v for k, v in data.items()}}
+
+
+def redact(value: str, known: list[str] | None = None) -> str:
+    """``value`` as it may be shown: URI userinfo and signed-query values as ***, secrets masked."""
+    return scrub_text(redact_uri(value), known_secrets() if known is None else known)
+
+
+def carries_credentials(value: Any, known: list[str] | None = None) -> bool:
+    """Whether a parameter or environment value holds a credential (by shape or by a known secret value)."""
+    if isinstance(value, (list, tuple)):
+        return any(carries_credentials(v, known) for v in value)
+    if isinstance(value, dict):
+        return any(carries_credentials(v, known) for v in value.values())
+    if not isinstance(value, str) or not value:
+        return False
+    known = known_secrets() if known is None else known
+    if scrub_text(value, known) != value:
+        return True
+    for word in value.split():
+        if "://" in word:
+            try:
+                netloc = urlsplit(word).netloc
+            except ValueError:
+                continue
+            if "@" in netloc or "***" in redact_uri(word):  # userinfo, or a signed / token query value
+                return True
+    return False
 
 
 def load_run_config(algorithm: str, config_file: str | Path | None, overrides: dict[str, Any] | None = None
@@ -117,12 +199,28 @@ def plan(algorithm: str, run: RunConfig, job: KubeJobConfig) -> JobPlan:
     name = job.name or f"hone-{algorithm}-{secrets.token_hex(4)}"
     p = JobPlan(algorithm=algorithm, run=run, job=job, name=name, num_nodes=num_nodes, num_procs=nproc,
                 params=_carried(run, nproc))
+    referenced = {s.env for s in job.secrets()}
+    p.inherited_env = {k: os.environ[k] for k in PROXY_ENV
+                       if os.environ.get(k) and k not in job.env and k not in referenced}
+    known = known_secrets()
+    p.secret_params = {k: v for k, v in p.params.items() if carries_credentials(v, known)}
+    p.secret_env = {k: v for k, v in {**p.inherited_env, **job.env}.items() if carries_credentials(v, known)}
     p.notes = _notes(p)
     return p
 
 
 def _notes(p: JobPlan) -> list[str]:
     notes = []
+    if p.secret_data:
+        shown = [f"{k} {redact(str(v))}" for k, v in {**p.secret_params, **p.secret_env}.items()]
+        notes.append(f"credentials in {', '.join(shown)} go to the pods through Secret {p.secret_name} (created "
+                     "with the TrainJob, deleted with it), never into the TrainJob's spec")
+    image = p.job.image or ""
+    last = image.rsplit("/", 1)[-1]
+    if image and "@" not in last and (":" not in last or last.endswith(":latest")):
+        notes.append(f"image {image} has no tag or the tag latest: Kubernetes then pulls it at every pod start "
+                     "(imagePullPolicy Always; the TrainJob API cannot set the policy): pin a version tag or a digest "
+                     "so pods use IfNotPresent")
     if not p.job.image:
         notes.append(f"no image given: the runtime {p.job.runtime!r}'s image must have hone installed (the stock "
                      "torch-distributed image does not); pass --image or set HONE_IMAGE")
@@ -139,14 +237,19 @@ def _notes(p: JobPlan) -> list[str]:
     return notes
 
 
-def pod_command(algorithm: str, *, workdir: bool) -> list[str]:
-    """What every training pod runs: write $HONE_CONFIG to a file, then ``hone train ALGO --config FILE``."""
+def pod_command(algorithm: str, *, workdir: bool, secret_config: bool = False) -> list[str]:
+    """What every training pod runs: write $HONE_CONFIG (and $HONE_SECRET_CONFIG, the parameters that come
+    from the job's Secret: other keys, so the two make one mapping) to a private file, then
+    ``hone train ALGO --config FILE``."""
     lines = ["set -eu"]
     if workdir:
         lines.append(f'cd "${WORKDIR_ENV}"')
-    lines += ['config="${TMPDIR:-/tmp}/hone-config-$$.yaml"',
-              f'printf \'%s\\n\' "${CONFIG_ENV}" > "$config"',
-              f'exec hone train {algorithm} --config "$config"']
+    lines += ['config="${TMPDIR:-/tmp}/hone-config-$$.yaml"']
+    if secret_config:
+        lines += ["umask 077", f'printf \'%s\\n%s\\n\' "${CONFIG_ENV}" "${SECRET_CONFIG_ENV}" > "$config"']
+    else:
+        lines += [f'printf \'%s\\n\' "${CONFIG_ENV}" > "$config"']
+    lines += [f'exec hone train {algorithm} --config "$config"']
     return ["/bin/sh", "-c", "\n".join(lines)]
 
 
@@ -172,6 +275,8 @@ def sdk_request(p: JobPlan):
     secret_env = [{"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key,
                                                                   **({"optional": True} if s.optional else {})}}}
                   for s in job.secrets()]
+    secret_env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": p.secret_name, "key": key}}}
+                   for key in p.secret_data]  # the job's own Secret (credentials found in its values)
     mounts = [{"name": VOLUME_NAME, "mountPath": job.mount_path}] if job.mount_path else []
     containers = [ContainerPatch(name=NODE_CONTAINER, env=secret_env or None, volume_mounts=mounts or None)] \
         if (secret_env or mounts) else None
@@ -250,6 +355,11 @@ class Submission:
     notes: list[str] = field(default_factory=list)
     dry_run: bool = False
     status: Any = None  # JobStatus after waiting (kubernetes), TrainResult (local)
+    secret: dict[str, Any] | None = None  # the job's credentials Secret, values redacted (None: none needed)
+
+    @property
+    def secret_name(self) -> str | None:
+        return self.secret["metadata"]["name"] if self.secret else None
 
     def __str__(self) -> str:
         return self.name
@@ -265,7 +375,9 @@ def dry_run_manifest(p: JobPlan) -> dict[str, Any]:
 def check_no_secrets(p: JobPlan, manifest: dict[str, Any], secret_values: list[str]) -> None:
     """Refuse a manifest that holds any known secret value; name where it came from, never the value."""
     text = json.dumps(manifest)
-    leaked = [s for s in secret_values if s and s in text]
+    moved = [v for v in p.secret_env.values()] + [json.dumps(v)[1:-1] if isinstance(v, str) else json.dumps(v)
+                                                  for v in p.secret_params.values()]
+    leaked = [s for s in list(secret_values) + moved if s and s in text]
     if not leaked:
         return
     places = [(f"training parameter {k}", json.dumps(v)) for k, v in p.params.items()]

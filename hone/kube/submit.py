@@ -50,7 +50,9 @@ def find_runtime(cluster, name: str):
 
 
 def submit_plan(p: JobPlan, *, access: ClusterAccess | None = None, cluster=None) -> Submission:
-    """Create the TrainJob through the kubeflow SDK; the runtime is checked to exist first."""
+    """Create the TrainJob through the kubeflow SDK; the runtime is checked to exist first. When the job's
+    values carry credentials, their Secret is created first, and made owned by the TrainJob once it exists
+    (Kubernetes deletes it with the job); a failed create deletes it again."""
     from hone.kube.cluster import Cluster
 
     cluster = cluster or Cluster(_access(access, p.job.namespace))
@@ -58,11 +60,22 @@ def submit_plan(p: JobPlan, *, access: ClusterAccess | None = None, cluster=None
     manifest = render(p, runtime=runtime, namespace=cluster.namespace)
     check_no_secrets(p, manifest, secret_values(extra=[cluster.token]))
     trainer, options = sdk_request(p)
-    name = cluster.call(f"creating TrainJob {p.name}", cluster.client.train, runtime=runtime, trainer=trainer,
-                        options=options)
+    secret = p.secret_manifest(cluster.namespace, redacted=False)
+    if secret is not None:
+        cluster.create_secret(secret)
+    try:
+        name = cluster.call(f"creating TrainJob {p.name}", cluster.client.train, runtime=runtime, trainer=trainer,
+                            options=options)
+    except BaseException:
+        if secret is not None:
+            cluster.delete_secret(p.secret_name)
+        raise
+    if secret is not None:
+        cluster.own_secret(p.secret_name, name)
     log.debug("submitted TrainJob %s in namespace %s (runtime %s, %d node(s) x %s process(es))", name,
              cluster.namespace, runtime.name, p.num_nodes, p.num_procs)
-    return Submission(name=name, namespace=cluster.namespace, backend="kubernetes", manifest=manifest, notes=p.notes)
+    return Submission(name=name, namespace=cluster.namespace, backend="kubernetes", manifest=manifest, notes=p.notes,
+                      secret=p.secret_manifest(cluster.namespace))
 
 
 def _access(access: ClusterAccess | None, namespace: str | None) -> ClusterAccess:
@@ -77,6 +90,7 @@ def submit(algorithm: str, config: str | Path | None = None, *, params: dict[str
            dry_run: bool = False, access: ClusterAccess | None = None, wait: bool = False,
            timeout: float | None = None, poll_interval: float = 5.0, follow_logs: bool = False,
            delete_on_failure: bool = False, delete_on_completion: bool = False,
+           delete_on_cancel: bool | None = None,
            workdir: str | Path | None = None, on_log: Callable[[str], None] | None = None,
            **job_options: Any) -> Submission:
     """Run ``hone train <algorithm>`` with this configuration as a TrainJob.
@@ -88,12 +102,15 @@ def submit(algorithm: str, config: str | Path | None = None, *, params: dict[str
 
     ``dry_run`` returns the manifest without a cluster; ``backend="local"`` runs the same job on this machine;
     ``wait`` waits (``timeout`` seconds, None = no limit) and optionally deletes the job on failure/timeout
-    or on completion (any of ``timeout``, ``follow_logs`` and the ``delete_*`` flags implies ``wait``).
+    or on completion (any of ``timeout``, ``follow_logs`` and the ``delete_*`` flags implies ``wait``);
+    interrupted while waiting (Ctrl-C, SIGTERM: a cancelled pipeline step), it deletes the job when
+    ``delete_on_cancel`` (default: as ``delete_on_failure``). The job's credentials Secret (if any) goes
+    with the job.
     """
     p = prepare(algorithm, config, params, job, **job_options)
     if dry_run:
         return Submission(name=p.name, namespace=p.job.namespace, backend=backend, manifest=dry_run_manifest(p),
-                          notes=p.notes, dry_run=True)
+                          notes=p.notes, dry_run=True, secret=p.secret_manifest(p.job.namespace))
     if backend == "local":
         from hone.kube.local import run_local
 
@@ -109,6 +126,8 @@ def submit(algorithm: str, config: str | Path | None = None, *, params: dict[str
 
         sub.status = wait_for(sub.name, cluster=cluster, timeout=timeout, poll_interval=poll_interval,
                               follow_logs=follow_logs, delete_on_failure=delete_on_failure,
-                              delete_on_completion=delete_on_completion, on_log=on_log)
+                              delete_on_completion=delete_on_completion,
+                              delete_on_cancel=delete_on_failure if delete_on_cancel is None else delete_on_cancel,
+                              on_log=on_log, secret=sub.secret_name)
     return sub
 

@@ -2,7 +2,9 @@
 the caller chooses (none by default), delete; through the kubeflow SDK's TrainerClient."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ class JobStatus:
     steps: list[StepStatus] = field(default_factory=list)
     created: str = ""
     events: list[str] = field(default_factory=list)
+    message: str = ""  # the Failed condition's reason and message
 
     @property
     def done(self) -> bool:
@@ -59,6 +62,8 @@ class JobStatus:
             rows.append(f"  {s.name:<20} {s.status or '?':<10} pod {s.pod}{dev}")
         if not self.steps:
             rows.append("  (no pods yet)")
+        if self.message:
+            rows.append(f"  failed: {self.message}")
         rows += [f"  event: {e}" for e in self.events]
         return "\n".join(rows)
 
@@ -112,6 +117,8 @@ def status(name: str, *, namespace: str | None = None, access: ClusterAccess | N
     st = _get(c, name)
     if events or st.status == FAILED:
         st.events = _events(c, name)
+    if st.status == FAILED:
+        st.message = failure_message(name, cluster=c)
     return st
 
 
@@ -122,8 +129,9 @@ def list_jobs(*, namespace: str | None = None, access: ClusterAccess | None = No
 
 
 def delete(name: str, *, namespace: str | None = None, access: ClusterAccess | None = None,
-           cluster: Cluster | None = None) -> None:
-    """Delete the TrainJob (Kubernetes removes its pods)."""
+           cluster: Cluster | None = None, secret: str | None = None) -> None:
+    """Delete the TrainJob (Kubernetes removes its pods) and ``secret``, its credentials Secret, if given (the
+    Secret is owned by the job, so Kubernetes removes it too; deleting it here does not wait for that)."""
     c = _cluster(cluster, access, namespace)
     try:
         c.client.delete_job(name)
@@ -134,7 +142,30 @@ def delete(name: str, *, namespace: str | None = None, access: ClusterAccess | N
         from hone.kube.cluster import api_error
 
         raise api_error(err, f"deleting TrainJob {name}", c.where) from None
+    finally:
+        if secret:
+            c.delete_secret(secret)
     log.info("deleted TrainJob %s in namespace %s", name, c.namespace)
+
+
+def failure_message(name: str, *, cluster: Cluster) -> str:
+    """The reason and message of the TrainJob's Failed condition ("" when it has none or cannot be read),
+    secrets masked."""
+    from hone.kube.cluster import GROUP, TRAINJOBS, VERSION
+    from hone.secrets import scrub_text
+
+    try:
+        obj = cluster.client.backend.custom_api.get_namespaced_custom_object(GROUP, VERSION, cluster.namespace,
+                                                                             TRAINJOBS, name)
+        conditions = (obj.get("status") or {}).get("conditions") or []
+    except Exception:  # noqa: BLE001 - a courtesy: the job's state is already known
+        return ""
+    for cond in conditions:
+        if cond.get("type") == FAILED and str(cond.get("status")) == "True":
+            reason, message = str(cond.get("reason") or ""), str(cond.get("message") or "")
+            text = f"{reason}: {message}" if reason and message else reason or message
+            return scrub_text(" ".join(text.split()))[:500]
+    return ""
 
 
 def logs(name: str, *, step: str = "node-0", follow: bool = False, pending_timeout: float | None = 600,
@@ -199,16 +230,41 @@ def _follow(c: Cluster, name: str, on_log: Callable[[str], None], stop: threadin
     return t
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While waiting, SIGTERM (a cancelled pipeline step, a pod being stopped) interrupts like Ctrl-C, so the
+    job can be deleted before this process ends (main thread only; elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not settable here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def wait_for(name: str, *, timeout: float | None = None, poll_interval: float = 5.0, follow_logs: bool = False,
-             delete_on_failure: bool = False, delete_on_completion: bool = False,
+             delete_on_failure: bool = False, delete_on_completion: bool = False, delete_on_cancel: bool = False,
              on_log: Callable[[str], None] | None = None, on_status: Callable[[JobStatus], None] | None = None,
              namespace: str | None = None, access: ClusterAccess | None = None,
-             cluster: Cluster | None = None) -> JobStatus:
+             cluster: Cluster | None = None, secret: str | None = None) -> JobStatus:
     """Wait until the TrainJob completes; report each change of its steps' statuses.
 
-    ``timeout`` seconds (None: no limit). On failure or timeout a :class:`HoneError` says what happened; with
-    ``delete_on_failure`` the job is deleted first (a timed-out job is deleted too: nothing is left running
-    unwatched). ``delete_on_completion`` removes a completed job (outputs stay on the shared volume).
+    ``timeout`` seconds (None: no limit). On failure or timeout a :class:`HoneError` says what happened (the
+    job's failure message, the latest events); with ``delete_on_failure`` the job is deleted first (a
+    timed-out job is deleted too: nothing is left running unwatched). ``delete_on_completion`` removes a
+    completed job (outputs stay on the shared volume). ``delete_on_cancel``: interrupted (Ctrl-C, or SIGTERM
+    while waiting in the main thread), the job is deleted, then the interruption goes on. ``secret``: the
+    job's credentials Secret, deleted with it (and once the job has completed: its pods no longer need it).
     """
     if poll_interval <= 0:
         raise HoneError(f"poll interval must be positive (got {poll_interval})", where="--poll", fix="use e.g. 5")
@@ -223,49 +279,71 @@ def wait_for(name: str, *, timeout: float | None = None, poll_interval: float = 
     follower: threading.Thread | None = None
     last = None
     transient = 0
+    settled = False  # the job's fate is decided (returned, or deleted/reported by the code below)
     try:
-        while True:
+        with _sigterm_interrupts():
+            while True:
+                try:
+                    st = _get(c, name)
+                    transient = 0
+                except HoneError as err:
+                    retryable = any(w in err.what for w in ("cannot reach", "did not answer", ": HTTP 5"))
+                    if not retryable or transient >= 5:
+                        raise
+                    transient += 1  # a dropped connection or an API server restart: retry a few polls
+                    log.info("reading %s failed (%s); retrying", name, err.what)
+                    time.sleep(poll_interval)
+                    continue
+                if st.line() != last:
+                    last = st.line()
+                    report(st)
+                if follow_logs and follower is None and st.steps:
+                    follower = _follow(c, name, on_log, stop)
+                if st.done:
+                    settled = True
+                    if follower is not None:
+                        follower.join(timeout=10)  # let the last lines arrive
+                    if st.status == COMPLETE:
+                        if delete_on_completion:
+                            delete(name, cluster=c, secret=secret)
+                        elif secret:
+                            c.delete_secret(secret)  # the pods are done with it
+                        return st
+                    message = st.message = failure_message(name, cluster=c)
+                    st.events = _events(c, name)
+                    deleted = ""
+                    if delete_on_failure:
+                        delete(name, cluster=c, secret=secret)
+                        deleted = "; the TrainJob was deleted"
+                    raise HoneError(f"TrainJob {name} failed" + (f": {message}" if message else "") + deleted,
+                                    where=c.where + ("".join(f"\n    {e}" for e in st.events) if st.events else ""),
+                                    fix=f"read the log with `hone kube logs {name}`" + (
+                                        "" if deleted else f", then `hone kube delete {name}`"))
+                elapsed = time.monotonic() - start
+                if timeout is not None and elapsed >= timeout:
+                    settled = True
+                    events = _events(c, name)
+                    deleted = ""
+                    if delete_on_failure:
+                        delete(name, cluster=c, secret=secret)
+                        deleted = "; the TrainJob was deleted"
+                    stuck = " (its pods never started: see the events)" if st.status == CREATED and all(
+                        s.status in (None, PENDING_STEP) for s in st.steps) else ""
+                    raise HoneError(f"TrainJob {name} still {st.status} after {timeout:g}s ({st.line()}){stuck}"
+                                    f"{deleted}", where=c.where + "".join(f"\n    {e}" for e in events),
+                                    fix="wait again with a longer --timeout (or none)" + (
+                                        "" if deleted else f", or stop it with `hone kube delete {name}`") +
+                                        ("; a job stuck pending usually lacks quota, GPUs of the requested kind or "
+                                         "its image" if stuck else ""))
+                time.sleep(poll_interval if timeout is None else max(0.0, min(poll_interval, timeout - elapsed)))
+    except (KeyboardInterrupt, SystemExit):
+        if delete_on_cancel and not settled:
+            log.warning("interrupted: deleting TrainJob %s", name)
             try:
-                st = _get(c, name)
-                transient = 0
-            except HoneError as err:
-                retryable = any(w in err.what for w in ("cannot reach", "did not answer", ": HTTP 5"))
-                if not retryable or transient >= 5:
-                    raise
-                transient += 1  # a dropped connection or an API server restart: retry a few polls
-                log.info("reading %s failed (%s); retrying", name, err.what)
-                time.sleep(poll_interval)
-                continue
-            if st.line() != last:
-                last = st.line()
-                report(st)
-            if follow_logs and follower is None and st.steps:
-                follower = _follow(c, name, on_log, stop)
-            if st.done:
-                if follower is not None:
-                    follower.join(timeout=10)  # let the last lines arrive
-                if st.status == COMPLETE:
-                    if delete_on_completion:
-                        delete(name, cluster=c)
-                    return st
-                st.events = _events(c, name)
-                deleted = ""
-                if delete_on_failure:
-                    delete(name, cluster=c)
-                    deleted = "; the TrainJob was deleted"
-                raise HoneError(f"TrainJob {name} failed{deleted}", where=c.where + (
-                    "".join(f"\n    {e}" for e in st.events) if st.events else ""),
-                    fix=f"read the log with `hone kube logs {name}`" + ("" if deleted else
-                                                                         f", then `hone kube delete {name}`"))
-            elapsed = time.monotonic() - start
-            if timeout is not None and elapsed >= timeout:
-                deleted = ""
-                if delete_on_failure:
-                    delete(name, cluster=c)
-                    deleted = "; the TrainJob was deleted"
-                raise HoneError(f"TrainJob {name} still {st.status} after {timeout:g}s ({st.line()}){deleted}",
-                                where=c.where, fix="wait again with a longer --timeout (or none)" + (
-                                    "" if deleted else f", or stop it with `hone kube delete {name}`"))
-            time.sleep(poll_interval if timeout is None else max(0.0, min(poll_interval, timeout - elapsed)))
+                delete(name, cluster=c, secret=secret)
+            except Exception as err:  # noqa: BLE001 - the interruption is what the caller must see
+                log.warning("could not delete TrainJob %s (%s): `hone kube delete %s`", name,
+                            getattr(err, "what", type(err).__name__), name)
+        raise
     finally:
         stop.set()

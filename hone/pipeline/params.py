@@ -241,6 +241,7 @@ PARAMS: tuple[Param, ...] = (
        reason="one process per GPU of the worker (phase_02_train_man_gpu), as in the OpenShift AI pipelines"),
     _P("phase_02_train_opt_pull_secret", "pipeline.pull_secret"),
     _P("phase_02_train_opt_runtime", "pipeline.runtime"),
+    _P("phase_02_train_opt_timeout", "pipeline.train_timeout"),
     _P("phase_02_train_opt_processed_data", "data.use_processed_dataset"),
     _P("phase_02_train_opt_unmask", "data.unmask_messages"),
     _P("phase_02_train_opt_save_epoch", "train.checkpoint_at_epoch", upstream={"lora": False}),
@@ -602,4 +603,25 @@ def markdown_table() -> str:
         minimal = "/".join(a for a in algorithms if p.in_flavour(f"{a}-minimal"))
         lines.append(f"| {shown_name} | {p.type.__name__} | {default} | {p.stage} | {minimal} "
                      f"| {sets} | {help_text} |")
+    return "\n".join(lines)
+
+def flavour_table() -> str:
+    """The compiled pipelines' parameters (docs/kfp.md): each flavour's spelling and default, ``—`` where a
+    flavour does not expose the parameter (a minimal flavour compiles it in as that default)."""
+    shown_flavours = flavours()
+    lines = ["| parameter | " + " | ".join(f"`{f}`" for f in shown_flavours) + " |",
+             "|---|" + "---|" * len(shown_flavours)]
+    for p in PARAMS:
+        cells = []
+        for f in shown_flavours:
+            if not p.in_flavour(f):
+                cells.append("—")
+                continue
+            value = "required" if p.name == DATA_URI else f"`{p.default_for(flavour_algorithm(f), f)!r}`"
+            cells.append(value.replace("|", "\\|"))
+        if all(c == "—" for c in cells):
+            continue
+        other = sorted({p.name_for(f) for f in shown_flavours if p.in_flavour(f)} - {p.name})
+        name = f"`{p.name}`" + "".join(f"<br>`{o}`" for o in other)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

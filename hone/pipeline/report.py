@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -10,6 +11,7 @@ from typing import Any, Iterable, Mapping
 from hone.data.stage import REPORT_FILE as DATASET_REPORT
 from hone.io import atomic_write_text
 from hone.layout import LOSS_CHART_PNG, STAGES, PipelineLayout
+from hone.secrets import scrub_text
 
 SECTIONS = ("summary", "dataset", "training", "evaluation", "registry", "parameters")
 
@@ -151,8 +153,18 @@ def _registry(run_dir: Path, info: Mapping[str, Any]) -> str:
     return out
 
 
+_IMAGE_DATA = re.compile(r'(src="data:image/png;base64,[A-Za-z0-9+/=]*")')
+
+
+def _scrubbed(html: str) -> str:
+    """``html`` with every secret masked (:func:`hone.secrets.scrub_text`: this process's secret values, credentials
+    in URLs, token shapes, ``SECRET_NAME=value``), the inlined images left as they are."""
+    parts = _IMAGE_DATA.split(html)
+    return "".join(p if i % 2 else scrub_text(p) for i, p in enumerate(parts))
+
+
 def render(run_dir: Path, manifest: Mapping[str, Any]) -> str:
-    """The report's HTML for ``manifest`` (the runner's manifest.json)."""
+    """The report's HTML for ``manifest`` (the runner's manifest.json), secrets masked (:func:`_scrubbed`)."""
     stages = manifest.get("stages", {})
     status = manifest.get("status", "?")
     rows = []
@@ -180,10 +192,10 @@ def render(run_dir: Path, manifest: Mapping[str, Any]) -> str:
     sections = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>'
                        for sid, (title, html) in body.items())
     title = f"hone pipeline · {manifest.get('algorithm')} · {run_dir.name}"
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-            f'<body><main><h1>{escape(title)}</h1><p class="muted"><code>{escape(str(run_dir))}</code></p>'
-            f"{sections}</main></body></html>\n")
+    return _scrubbed(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+                     f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+                     f'<body><main><h1>{escape(title)}</h1><p class="muted"><code>{escape(str(run_dir))}</code></p>'
+                     f"{sections}</main></body></html>\n")
 
 
 def write_report(run_dir: str | Path, manifest: Mapping[str, Any] | None = None) -> Path:

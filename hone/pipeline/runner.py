@@ -85,11 +85,17 @@ def fingerprint(directory: Path) -> dict[str, list[int]]:
 
 
 def _local_path(uri: str) -> Path | None:
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    if "://" in uri:
+    from hone.data.sources import file_uri_path
+
+    if uri[:5].lower() == "file:":
+        try:
+            p = file_uri_path(uri)  # RFC 8089 forms: file://localhost/..., percent-encoding
+        except HoneError:
+            return None
+    elif "://" in uri:
         return None
-    p = Path(uri).expanduser()
+    else:
+        p = Path(uri).expanduser()
     return p if p.exists() else None
 
 

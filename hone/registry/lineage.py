@@ -237,8 +237,8 @@ def build_lineage(model_dir: str | Path | None = None, *, run_dir: str | Path | 
     data_path = dataset_uri or params.get("data_path")
     digest = dataset_sha256
     if digest is None and data_path:
-        local = Path(str(data_path).removeprefix("file://"))
-        digest = sha256_of(local) if local.exists() else None
+        local = _local_data(str(data_path))
+        digest = sha256_of(local) if local is not None and local.exists() else None
         if digest is None:
             log.info("dataset %s is not a local path here: dataset_sha256 not recorded (pass it explicitly)",
                      scrub_text(str(data_path)))
@@ -286,5 +286,18 @@ def _typed(text: str) -> Scalar:
         return text
 
 
+def _local_data(uri: str) -> Path | None:
+    """The local path of a data URI (a path or any RFC 8089 ``file:`` form), else None."""
+    from hone.data.sources import file_uri_path
+
+    if uri[:5].lower() == "file:":
+        try:
+            return file_uri_path(uri)
+        except HoneError:
+            return None
+    return None if "://" in uri else Path(uri).expanduser()
+
+
 __all__ = ["Lineage", "Source", "build_lineage", "flatten", "parse_metadata", "read_eval_metrics", "sha256_of",
            "find_run_dir", "REDACTED"]
+

@@ -43,6 +43,27 @@ def under_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
+COLLECTIVE_TIMEOUT_ENV = "INSTRUCTLAB_NCCL_TIMEOUT_MS"  # instructlab-training's (Training Hub's) name
+DEFAULT_COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+
+def collective_timeout(env: dict[str, str] | None = None) -> timedelta:
+    """How long a collective may wait for the other ranks: ``INSTRUCTLAB_NCCL_TIMEOUT_MS`` milliseconds, as
+    instructlab-training reads it (the OpenShift AI SFT pipelines set it), else 30 minutes (torch's NCCL
+    default of 10 is short for a first checkpoint of a large model on a slow volume)."""
+    text = (os.environ if env is None else env).get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_COLLECTIVE_TIMEOUT
+    try:
+        ms = int(text)
+    except ValueError:
+        ms = 0
+    if ms <= 0:
+        raise HoneError(f"{COLLECTIVE_TIMEOUT_ENV}={text!r} is not a positive number of milliseconds",
+                        where=COLLECTIVE_TIMEOUT_ENV, fix="set it to e.g. 600000 (10 minutes), or unset it")
+    return timedelta(milliseconds=ms)
+
+
 def init_distributed(device: torch.device) -> DistEnv:
     """Join the process group when launched by torchrun; otherwise a single-process environment."""
     if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
@@ -52,7 +73,7 @@ def init_distributed(device: torch.device) -> DistEnv:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend, timeout=collective_timeout())
     nnodes = max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     return DistEnv(rank, world, local, nnodes)
 

@@ -86,8 +86,9 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
                         ) from None
 
 
-def check_options(cfg: TrainConfig) -> None:
-    """Refuse settings that cannot work together, before any data or weights are loaded (HoneError)."""
+def check_options(cfg: TrainConfig, *, model: bool = True) -> None:
+    """Refuse settings that cannot work together, before any data or weights are loaded (HoneError); with
+    ``model``, also a local model directory that cannot load (:func:`hone.models.load.check_model_dir`)."""
     validating = cfg.validation_split > 0 or cfg.validation_data_path is not None
     if cfg.validation_split > 0 and cfg.validation_data_path is not None:
         raise HoneError("validation_split and validation_data_path both choose the validation data",
@@ -111,6 +112,12 @@ def check_options(cfg: TrainConfig) -> None:
     check_callbacks(cfg.callbacks)
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.learning_rate)
     make_scheduler(probe, cfg, 1)  # bad lr_scheduler_kwargs fail here, not after loading the model
+    if model and cfg.model_path and not cfg.model_path.startswith("oci://"):
+        from hone.models.load import check_model_dir, resolve_model_path
+
+        src = resolve_model_path(cfg.model_path)  # a hub id stays as it is (checked when downloaded)
+        if Path(src).is_dir():
+            check_model_dir(src, trust_remote_code=cfg.trust_remote_code)
 
 
 @torch.no_grad()
@@ -154,6 +161,27 @@ def _logged(window: list[dict]) -> dict:
     return out
 
 
+def check_positions(model, lengths: list[int], env: DistEnv = DistEnv()) -> None:
+    """Samples longer than the model's position range: an error for learned absolute positions (an index out
+    of range deep in the embedding), a warning for rotary ones (they run, beyond what the model was trained on)."""
+    config = getattr(unwrap(model, peft=True), "config", None)
+    if config is None or not lengths:
+        return
+    longest = max(lengths)
+    absolute = getattr(config, "n_positions", None)  # GPT-2 style learned position embeddings
+    if isinstance(absolute, int) and longest > absolute:
+        n = sum(x > absolute for x in lengths)
+        raise HoneError(f"{n} training sample(s) are longer than the model's {absolute} positions (n_positions; the "
+                        f"longest has {longest} tokens)", where="parameter max_seq_len",
+                        fix=f"set max_seq_len to at most {absolute} (longer samples are then left out)")
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and longest > limit and env.is_main:
+        n = sum(x > limit for x in lengths)
+        log.warning("%d training sample(s) are longer than the model's max_position_embeddings (%d; the longest has "
+                    "%d tokens): the model was not trained on positions that far; lower max_seq_len to %d to "
+                    "leave them out", n, limit, longest, limit)
+
+
 def plan_steps(num_samples: int, cfg: TrainConfig) -> tuple[int, int]:
     """(steps per epoch, total steps) for this data and configuration."""
     per_epoch = math.ceil(num_samples / cfg.effective_batch_size)
@@ -183,6 +211,45 @@ def train_step(model, samples: list[Tokenized], indices: list[int], lengths: lis
         loss_sum += mb_sum.detach()
     all_reduce_(loss_sum, env)
     return loss_sum, n_loss, sum(lengths[i] for i in indices)
+
+
+def oom_safe_step(model, optimizer, samples: list[Tokenized], indices: list[int], lengths: list[int],
+                  max_tokens: int, device: torch.device, env: DistEnv = DistEnv(), max_samples: int | None = None
+                  ) -> tuple[torch.Tensor, int, int, int]:
+    """:func:`train_step`, surviving out-of-memory: a ``torch.OutOfMemoryError`` in the step zeroes the
+    gradients, halves the micro-batch token budget and redoes the step with smaller micro-batches (the loss is
+    normalised per step, so the update is the same). Returns train_step's figures and the budget that worked
+    (the run keeps it). A sample longer than the halved budget cannot be split: that stops the run
+    (:class:`HoneError` naming the sample). With several processes an OOM is not retried (the ranks would
+    disagree on the micro-batches): it stops the run with the same advice."""
+    longest = max(indices, key=lambda i: lengths[i])
+    while True:
+        # a sample longer than a budget halved earlier (it fitted max_tokens_per_gpu) gets a micro-batch alone
+        this_step = max(max_tokens, lengths[longest])
+        try:
+            return (*train_step(model, samples, indices, lengths, this_step, device, env, max_samples), max_tokens)
+        except torch.OutOfMemoryError as err:
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+        optimizer.zero_grad(set_to_none=True)  # the failed attempt's partial gradients must not count
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        max_tokens = this_step
+        halved = max_tokens // 2
+        fix = (f"lower max_seq_len below {lengths[longest]} (longer samples are left out), or train on a device "
+               "with more memory (or with activation_checkpointing, or LoRA)")
+        if env.enabled and env.world_size > 1:
+            raise HoneError(f"out of memory in a micro-batch of at most {max_tokens} tokens ({first})",
+                            where="parameter max_tokens_per_gpu",
+                            fix=f"lower max_tokens_per_gpu (e.g. to {halved}) and resume (--resume-from auto)")
+        if halved < lengths[longest]:
+            raise HoneError(f"out of memory: sample {longest} ({lengths[longest]} tokens) does not fit in memory "
+                            f"even in a micro-batch of at most {max(halved, 1)} tokens ({first})",
+                            where=f"training sample {longest} (max_tokens_per_gpu {max_tokens}, halved after "
+                                  "out-of-memory)", fix=fix)
+        log.warning("out of memory in a micro-batch of at most %d tokens: redoing the step with at most %d tokens "
+                    "per micro-batch (kept for the rest of the run)", max_tokens, halved)
+        max_tokens = halved
 
 
 class _Preemption:
@@ -237,8 +304,9 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
     tracker): a step's metrics, and a ``val_loss`` record after each validation. ``cfg.callbacks`` are called
     at each point of the run (:class:`~hone.training.callbacks.CallbackRunner`).
     """
-    check_options(cfg)
+    check_options(cfg, model=False)  # the model is loaded already
     samples, lengths = data.samples, data.lengths
+    check_positions(model, lengths, env)
     validating = bool(data.validation) and cfg.validation_frequency is not None
     per_epoch, total_steps = plan_steps(len(samples), cfg)
     optimizer = make_optimizer(model, hooks, cfg)
@@ -279,6 +347,7 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"{hooks.name} training", unit="step",
                disable=not (env.is_main and progress_enabled(cfg.progress)), dynamic_ncols=True)
     start = time.perf_counter() - state.elapsed_s
+    budget = cfg.max_tokens_per_gpu  # halved for the rest of the run by each out-of-memory step
     preempted = False
     model.train()
     hub.fire("on_train_begin", step=state.global_step, epoch=state.epoch, loss=state.last_loss)
@@ -292,9 +361,9 @@ def train(model, tokenizer, data: PreparedData, cfg: TrainConfig, hooks: Algorit
                         break
                     t0 = time.perf_counter()
                     hub.fire("on_step_begin", step=state.global_step, epoch=epoch, loss=state.last_loss)
-                    loss_sum, n_loss, n_tokens = train_step(model, samples, steps[s], lengths,
-                                                            cfg.max_tokens_per_gpu, device, env,
-                                                            cfg.micro_batch_max_samples)
+                    loss_sum, n_loss, n_tokens, budget = oom_safe_step(
+                        model, optimizer, samples, steps[s], lengths, budget, device, env,
+                        cfg.micro_batch_max_samples)
                     hooks.after_backward(model)
                     grad_norm = _grad_norm(params, cfg.max_grad_norm)
                     lr = optimizer.param_groups[0]["lr"]

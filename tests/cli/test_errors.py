@@ -132,3 +132,23 @@ def test_help_is_useful(capsys):
     for flag in ("--model", "--data", "--output", "--learning-rate", "--max-tokens-per-gpu", "--config",
                  "--unmask-messages", "cosine"):
         assert flag in text
+
+
+def test_real_process_refuses_a_hostile_config_quickly(tmp_path):
+    """The real entry point: a YAML alias bomb is refused in well under a second of parsing, exit 2, no traceback."""
+    import time
+
+    lines = ['lr_scheduler_kwargs: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "hone", "train", "sft", "--config", str(cfg), "--model",
+                           str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "billion laughs" in proc.stderr and f"{cfg}:" in proc.stderr
+    assert time.perf_counter() - start < 60  # the process's imports included; the parse itself is milliseconds
+    assert not (tmp_path / "o").exists()

@@ -45,6 +45,38 @@ def test_bad_file(name, tmp_path):
     assert f"{path}{case['where']}" in msg
 
 
+# `hone data` has no --block-size (a training setting), and --is-pretraining needs one: --format text reads the
+# same document rows.
+_FLAGS = {"data_format": "--format", "is_pretraining": ("--format", "text"), "block_size": None}
+
+
+@pytest.mark.parametrize("command", ["check", "prepare"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_file_through_the_cli(name, command, tmp_path, capsys):
+    """The same corpus as a user meets it: exit 2, the message and file:line printed, no traceback, nothing written."""
+    from hone.cli.main import main
+
+    case = EXPECTED[name]
+    path = BAD / name
+    args = ["data", command, str(path)]
+    for key, value in case.get("options", {}).items():
+        flag = _FLAGS[key]
+        if isinstance(flag, tuple):
+            args += list(flag)
+        elif flag is not None:
+            args += [flag] if value is True else [flag, str(value)]
+    out = tmp_path / "out"
+    if command == "prepare":
+        args += ["--output", str(out)]
+    rc = main(args)
+    cap = capsys.readouterr()
+    text = cap.out + cap.err
+    assert rc == 2, text
+    assert "Traceback" not in text and cap.err.startswith("error: ")
+    assert case["message"] in text and f"{path}{case['where']}" in text
+    assert not out.exists()
+
+
 def test_existing_outputs_survive_a_failed_prepare(tmp_path):
     out = tmp_path / "out"
     good = write_jsonl(tmp_path / "good.jsonl", chat_rows(4))

@@ -307,3 +307,41 @@ def test_training_end_to_end_from_an_http_uri(web, tiny_model_dir, tmp_path):
                       max_seq_len=256, max_tokens_per_gpu=512, progress=False, device="cpu",
                       save_final_checkpoint=False, checkpoint_at_epoch=False)
     assert result.steps == 1 and result.data_report.source == url and result.data_report.samples == 4
+
+
+def test_http_checksum_headers_read():
+    """The integrity headers read from an HTTP answer (hone.data.sources.HTTP_CHECKS), by algorithm."""
+    import base64
+    from email.message import Message
+
+    from hone.data.sources import _expected_digests
+
+    body = b"data\n"
+    md5, sha = hashlib.md5(body), hashlib.sha256(body)
+    b64 = lambda h: base64.b64encode(h.digest()).decode()  # noqa: E731
+    h = Message()
+    h["Digest"] = f"md5={b64(md5)}, sha-256={b64(sha)}"
+    h["x-goog-hash"] = f"crc32c=AAAAAA==,md5={b64(md5)}"
+    assert _expected_digests(h) == {"md5": (md5.hexdigest(), "Digest"), "sha256": (sha.hexdigest(), "Digest")}
+    h = Message()
+    h["ETag"] = f'"{md5.hexdigest()}"'
+    assert _expected_digests(h) == {}  # not from S3: an ETag is not known to be an MD5
+    h["x-amz-id-2"] = "x"
+    assert _expected_digests(h) == {"md5": (md5.hexdigest(), "ETag")}
+    h = Message()
+    h["ETag"] = '"0123456789abcdef0123456789abcdef-3"'  # a multipart upload's ETag is no MD5 of the bytes
+    h["x-amz-id-2"] = "x"
+    assert _expected_digests(h) == {}
+    h = Message()
+    h["Content-MD5"] = "not base64!"
+    assert _expected_digests(h) == {}  # unreadable: ignored (logged), not a failure
+
+
+def test_file_uri_path_forms():
+    from hone.data.sources import file_uri_path
+
+    assert str(file_uri_path("file://localhost/tmp/a%20b/x.jsonl")) == "/tmp/a b/x.jsonl"
+    assert str(file_uri_path("file:///tmp/%C3%A9.jsonl")) == "/tmp/é.jsonl"
+    assert str(file_uri_path("file:/tmp/x.jsonl")) == "/tmp/x.jsonl"
+    with pytest.raises(HoneError, match="names the host 'elsewhere'"):
+        file_uri_path("file://elsewhere/x.jsonl")

@@ -59,7 +59,7 @@ def test_failed_job_is_reported_and_deleted(k8s, cfg, capsys):
                  "--delete-on-failure"])
     out, err = capsys.readouterr()
     assert code == 2 and "Traceback" not in err
-    assert "error: TrainJob run-bad failed; the TrainJob was deleted" in err
+    assert "error: TrainJob run-bad failed: JobSetFailed: jobset failed; the TrainJob was deleted" in err
     assert "BackoffLimitExceeded: Job has reached the specified backoff limit" in err
     assert "hone kube logs run-bad" in err
     assert "RuntimeError: CUDA out of memory" in out  # the log was streamed before the failure was reported
@@ -206,10 +206,14 @@ def test_in_cluster_service_account_is_used_inside_a_pod(monkeypatch, tmp_path):
     sa = tmp_path / "serviceaccount"
     sa.mkdir()
     (sa / "token").write_text("x")
+    (sa / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
     monkeypatch.setattr(credentials, "SA_DIR", sa)
-    resolved = credentials.resolve_access(credentials.ClusterAccess(namespace="team"), env={})
-    assert resolved.source == "the in-cluster service account"
+    pod_env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    resolved = credentials.resolve_access(credentials.ClusterAccess(namespace="team"), env=pod_env)
+    assert resolved.source == "the in-cluster service account (https://10.0.0.1:443)"
     assert resolved.backend_config.namespace == "team" and resolved.backend_config.config_file is None
+    cfg = resolved.backend_config.client_configuration
+    assert cfg.ssl_ca_cert == str(sa / "ca.crt") and cfg.api_key["authorization"] == "bearer x"
     # the kubernetes-credentials pair still wins over the service account, in the pod's namespace
     (sa / "namespace").write_text("pod-ns\n")
     resolved = credentials.resolve_access(None, env={"KUBERNETES_SERVER_URL": "https://api.example.com:6443",
@@ -217,6 +221,7 @@ def test_in_cluster_service_account_is_used_inside_a_pod(monkeypatch, tmp_path):
     cfg = resolved.backend_config.client_configuration
     assert resolved.backend_config.namespace == "pod-ns" and cfg.host == "https://api.example.com:6443"
     assert cfg.verify_ssl is True and cfg.api_key == {"authorization": "t0ken-value"}
+    assert cfg.ssl_ca_cert == str(sa / "ca.crt")  # the pod's CA checks the kubernetes-credentials server
 
 
 def test_wait_rides_out_a_restarting_api_server(k8s, cfg):

@@ -145,6 +145,11 @@ def test_job_file_and_flags(tmp_path, capsys):
     assert main(["kube", "submit", "sft", "--dry-run", "--job-file", str(job), "--model", "m", "--data", "d",
                  "--output", "o"]) == 2
     assert "unknown job option 'num_nodez': did you mean 'num_nodes'?" in capsys.readouterr().err
+    job.write_text("num_nodes: 2\npvc: a\nnum_nodes: 4\n")  # YAML's "last one wins" would hide a value
+    assert main(["kube", "submit", "sft", "--dry-run", "--job-file", str(job), "--model", "m", "--data", "d",
+                 "--output", "o"]) == 2
+    err = capsys.readouterr().err
+    assert "num_nodes" in err and f"{job}:3" in err and "Traceback" not in err
 
 
 BAD = [
@@ -189,15 +194,21 @@ def test_bad_job_options_are_clear_errors(args, what, fix, capsys):
     assert "Traceback" not in err
 
 
-def test_a_secret_in_the_configuration_is_refused_without_showing_it(planted_secrets, capsys):
+def test_a_secret_in_the_configuration_goes_to_the_jobs_secret_not_the_spec(planted_secrets, capsys):
+    """A credential in a parameter or an --env value is moved into the job's own Secret (referenced by the
+    pods); the manifest and the printed notes show only its redacted form."""
     token = planted_secrets["HF_TOKEN"]
-    with pytest.raises(HoneError) as e:
-        kube.submit("sft", params={**TRAIN, "data_path": f"https://user:{token}@example.com/d.jsonl"}, dry_run=True)
-    assert "training parameter data_path" in str(e.value) and token not in str(e.value)
+    sub = kube.submit("sft", params={**TRAIN, "data_path": f"https://user:{token}@example.com/d.jsonl"}, dry_run=True,
+                      name="leaky")
+    text = kube.manifest_yaml(sub.manifest) + "\n".join(sub.notes) + json.dumps(sub.secret)
+    assert token not in text and "https://***@example.com/d.jsonl" in text
+    assert sub.secret["metadata"]["name"] == "leaky-credentials"
+    assert sub.secret["stringData"] == {"HONE_SECRET_CONFIG": "[REDACTED]"}
     code = main(["kube", "submit", "sft", "--model", "m", "--data", "d", "--output", "o", "--dry-run",
                  "--env", f"NOTE={planted_secrets['AWS_SECRET_ACCESS_KEY']}"])
-    err = capsys.readouterr().err
-    assert code == 2 and "--env NOTE" in err and planted_secrets["AWS_SECRET_ACCESS_KEY"] not in err
+    out, err = capsys.readouterr()
+    assert code == 0 and planted_secrets["AWS_SECRET_ACCESS_KEY"] not in out + err
+    assert "credentials in NOTE" in err and "-credentials" in out
 
 
 def test_the_fake_servers_validator_is_strict():

@@ -150,6 +150,17 @@ def test_docs_parameter_table_is_the_generated_one():
     assert P.markdown_table() in docs, "regenerate it: python -m hone.cli.stubgen"
 
 
+def test_kfp_docs_flavour_table_is_the_generated_one():
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "kfp.md").read_text()
+    assert P.flavour_table() in docs, "regenerate it: python -m hone.cli.stubgen"
+    # every compiled flavour's parameter is in it, under the flavour's own spelling
+    for flavour in P.flavours():
+        for p in P.params_for(flavour):
+            assert f"`{p.name_for(flavour)}`" in P.flavour_table()
+
+
 def test_upstream_spellings_and_new_parameters_reach_training():
     v = P.resolve("osft", {**DATA, "phase_02_train_man_train_unfreeze": 0.4, "phase_02_train_opt_unmask": "true",
                            "phase_02_train_opt_lr_scheduler_kwargs": '{"num_cycles": 2}',

@@ -117,3 +117,15 @@ def test_lora_under_two_fsdp_processes_matches_one(tiny_model_dir, data, tmp_pat
     assert a1.keys() == a2.keys() and len(a1) > 0
     assert max((a1[k] - a2[k]).abs().max().item() for k in a1) <= 1e-4
     assert max(abs(a - b) for a, b in zip(_losses(one), _losses(two))) <= 1e-4
+
+
+def test_collective_timeout_reads_instructlab_variable():
+    from datetime import timedelta
+
+    from hone.training.distributed import COLLECTIVE_TIMEOUT_ENV, collective_timeout
+
+    assert collective_timeout({}) == timedelta(minutes=30)
+    assert collective_timeout({COLLECTIVE_TIMEOUT_ENV: "600000"}) == timedelta(minutes=10)
+    for bad in ("0", "-5", "ten"):
+        with pytest.raises(HoneError, match=COLLECTIVE_TIMEOUT_ENV):
+            collective_timeout({COLLECTIVE_TIMEOUT_ENV: bad})
