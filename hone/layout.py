@@ -33,6 +33,7 @@ This module is the lowest layer: it imports only the standard library.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ PROCESSED_SAMPLES_FILE = "data.jsonl"
 PROCESSED_EVAL_FILE = "eval.jsonl"
 PROCESSED_REPORT_FILE = "report.json"
 PROCESSED_VALIDATION_FILE = "validation.jsonl"  # the samples held out for validation loss (validation_split)
+# token samples (hone.data.samples): ``samples/`` in a prepared dataset directory (``hone data prepare --tokenizer``),
+# else cached under the hone home, ``<home>/token-samples/<key>`` (the key hashes the train rows, the tokenizer and
+# the settings that shape the samples)
+HOME_ENV = "HONE_HOME"
+DEFAULT_HOME = "hone-runs"
+TOKEN_SAMPLES_DIR = "samples"
+TOKEN_SAMPLES_CACHE = "token-samples"
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step_"
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -232,3 +240,10 @@ class PipelineLayout:
     @property
     def report(self) -> Path:
         return self.run_dir / REPORT
+
+
+def hone_home(home: str | Path | None = None) -> Path:
+    """hone's own directory (embedded registry, pipeline runs and stage store, token-sample cache): ``home``,
+    else ``$HONE_HOME``, else ``./hone-runs``."""
+    return Path(home or os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+

@@ -204,9 +204,10 @@ def _assignment(m: "re.Match[str]") -> str:
     return f"{name}{m.group('q')}{m.group('sep')}{quote}{REDACTED}{quote}"
 
 
-def scrub_text(text: str, known: Iterable[str] | None = None) -> str:
+def scrub_text(text: str, known: Iterable[str] | None = None, *, assignments: bool = True) -> str:
     """Mask every secret found in ``text``: by value (the secret environment variables of this process, or
-    ``known``), then by shape (credentials in URLs, token formats, ``SECRET_NAME=value`` assignments)."""
+    ``known``), then by shape (credentials in URLs, token formats, and with ``assignments``
+    ``SECRET_NAME=value`` assignments -- off for hone's own messages, whose ``KEY=VALUE`` are syntax help)."""
     if not text:
         return text
     for secret in (secret_env_values() if known is None else known):
@@ -214,7 +215,7 @@ def scrub_text(text: str, known: Iterable[str] | None = None) -> str:
             text = text.replace(secret, REDACTED)
     for pattern, repl in _SHAPES:
         text = pattern.sub(repl, text)
-    if "=" in text or ":" in text:
+    if assignments and ("=" in text or ":" in text):
         text = _ASSIGNMENT.sub(_assignment, text)
     return text
 

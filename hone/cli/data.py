@@ -23,6 +23,8 @@ def _source_options(fn: Callable) -> Callable:
         click.option("--document-column-name", default=None, help="Column holding plain text (text format)."),
         click.option("--is-pretraining", is_flag=True, default=None,
                      help="Rows are documents (text format, document column)."),
+        click.option("--block-size", type=int, default=None,
+                     help="Tokens per block of the concatenated documents (required with --is-pretraining)."),
         click.option("--use-processed-dataset", is_flag=True, default=None,
                      help="Rows hold input_ids and labels."),
         click.option("--unmask-messages", is_flag=True, default=None,
@@ -112,8 +114,16 @@ def check(uri: str, as_json: bool, tokenizer: str | None, **values: Any) -> None
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out (counted in the report) instead of "
               "failing.")
 def prepare(uri: str, output: str, seed: int, skip_invalid: bool, tokenizer: str | None, **values: Any) -> None:
-    """Validate and convert URI to canonical train.jsonl / eval.jsonl plus dataset_report.json in --output."""
+    """Validate and convert URI to canonical train.jsonl / eval.jsonl plus dataset_report.json in --output.
+
+    With --tokenizer the train rows are also tokenized into token samples (OUTPUT/samples/, memory-mapped by
+    training): training on OUTPUT with the same tokenizer and settings reuses them instead of tokenizing again.
+    """
+    from pathlib import Path
+
+    from hone.data.prepare import token_samples
     from hone.data.stage import prepare_dataset
+    from hone.layout import TOKEN_SAMPLES_DIR
 
     cfg = _config(uri, values)
     tok = _tokenizer(tokenizer)
@@ -121,3 +131,9 @@ def prepare(uri: str, output: str, seed: int, skip_invalid: bool, tokenizer: str
     report = prepare_dataset(cfg, output, tok, seed=seed, skip_invalid=skip_invalid, tokenizer_name=tokenizer)
     click.echo(report.render(elapsed_s=time.perf_counter() - start))
     click.echo(f"report:   {output.rstrip('/')}/dataset_report.json")
+    if tok is not None:
+        prepared = cfg.model_copy(update={"data_path": output, "subset": 0, "train_split_ratio": 1.0})
+        samples, srep = token_samples(prepared, tok, seed=seed, samples_dir=Path(output) / TOKEN_SAMPLES_DIR)
+        how = "reused" if srep.reused else f"{srep.rows_per_s or 0:,.0f} rows/s"
+        click.echo(f"samples:  {srep.summary()}")
+        click.echo(f"on disk:  {samples.path} ({how}); training on {output} with this tokenizer reuses them")

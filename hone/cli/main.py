@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except HoneError as err:
         from hone.secrets import scrub_text
 
-        click.echo(f"error: {scrub_text(str(err))}", err=True)  # last safety net: a secret in a quoted value
+        click.echo(f"error: {scrub_text(str(err), assignments=False)}", err=True)  # a last safety net
         return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -46,7 +46,7 @@ def _count_le(values: list[int], limit: int) -> int:
 
 
 SAMPLE_FIELDS = ("mode", "samples", "dropped_too_long", "dropped_no_loss_tokens", "tokens", "loss_tokens",
-                 "max_len", "dropped_examples")
+                 "max_len", "dropped_examples", "samples_path", "rows_per_s", "prepare_s", "reused")
 
 
 @dataclass
@@ -86,6 +86,10 @@ class DatasetReport:
     loss_tokens: int = 0
     max_len: int = 0
     dropped_examples: list[str] = field(default_factory=list)
+    samples_path: str | None = None  # the token samples on disk (hone.data.samples), memory-mapped by training
+    rows_per_s: float | None = None  # how fast the rows were tokenized (when they were, not reused)
+    prepare_s: float | None = None  # seconds the tokenizing took
+    reused: bool = False  # the samples were prepared before (same rows, tokenizer and settings) and read back
 
     @property
     def train_rows(self) -> int:
@@ -161,6 +165,10 @@ class DatasetReport:
                                                       for k, n in self.problem_counts.items()))
         if self.mode is not None:
             lines.append(f"samples:  {self.summary()}")
+            if self.samples_path:
+                how = ("reused, prepared before" if self.reused else
+                       f"{self.rows_per_s:,.0f} rows/s in {self.prepare_s:.1f}s" if self.rows_per_s else "")
+                lines.append(f"on disk:  {self.samples_path}" + (f" ({how})" if how else ""))
         if self.outputs:
             for name, o in self.outputs.items():
                 if isinstance(o, dict) and "path" in o:

@@ -271,9 +271,15 @@ PREPARE_CMD = "hone data prepare <source> --output DIR"
 
 def _local_dir(path: str | Path) -> Path | None:
     s = str(path).strip()
-    if s.startswith("file://"):
-        s = s[len("file://"):]
-    elif _URI.match(s):
+    if s[:5].lower() == "file:":
+        from hone.data.sources import file_uri_path
+
+        try:
+            p = file_uri_path(s)  # every RFC 8089 form: file://localhost/..., file:/..., percent-encoded
+        except HoneError:
+            return None
+        return p if p.is_dir() else None
+    if _URI.match(s):
         return None
     p = Path(s)
     return p if s and p.is_dir() else None
@@ -379,6 +385,39 @@ class PreparedDir:
                             fix=f"re-prepare the directory ({PREPARE_CMD}), or point data_path at {f} to read "
                                 "it as a plain source")
         return rows
+
+    @property
+    def train_sha256(self) -> str:
+        return str(((self.report.outputs or {}).get("train") or {}).get("sha256", ""))
+
+    def check_train_unchanged(self) -> None:
+        """Raise :class:`HoneError` (as :meth:`train_rows` does) when ``train.jsonl`` is not what the report says
+        (hashed in blocks: about a second per gigabyte)."""
+        for _ in self.iter_train_lines(blocks=True):
+            pass
+
+    def iter_train_lines(self, *, blocks: bool = False) -> Iterator[tuple[str, str]]:
+        """``(where, JSON line)`` of ``train.jsonl``, streaming (the lines are parsed where they are tokenized);
+        after the last line its SHA-256 and row count are checked against the report, as :meth:`train_rows`
+        does (a file changed after preparing raises :class:`HoneError` at the end)."""
+        f = self.train_file
+        sha, n = hashlib.sha256(), 0
+        with open(f, "rb") as fh:
+            if blocks:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    sha.update(block)
+                    n += block.count(b"\n")
+            else:
+                for n, raw in enumerate(fh, 1):
+                    sha.update(raw)
+                    yield f"{f}:{n}", raw.decode("utf-8")
+        expected = (self.report.outputs or {}).get("train") or {}
+        if sha.hexdigest() != expected.get("sha256") or n != expected.get("rows"):
+            raise HoneError(f"{f} changed after it was prepared ({n} rows, SHA-256 {sha.hexdigest()[:12]}…; "
+                            f"{self.path / REPORT_FILE} says {expected.get('rows')} rows, "
+                            f"{str(expected.get('sha256'))[:12]}…)", where=str(f),
+                            fix=f"re-prepare the directory ({PREPARE_CMD}), or point data_path at {f} to read "
+                                "it as a plain source")
 
 
 def open_prepared(path: str | Path) -> PreparedDir:

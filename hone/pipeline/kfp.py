@@ -37,12 +37,15 @@ def _secret(name: str, optional: bool = True) -> tuple[str, dict[str, str], bool
 HF_TOKEN_SECRET = _secret(secrets.HF_TOKEN_SECRET)
 S3_SECRET = _secret(secrets.S3_SECRET)
 OCI_SECRET = _secret(secrets.OCI_PULL_SECRET)
-# required where it is attached (the one secret a default cluster run needs); only the TrainJob branch
-# talks to the Kubernetes API, so only it gets the secret: single-pod training runs without it
+# Upstream attaches kubernetes-credentials (required) to its training task, which always submits a TrainJob.
+# hone's TrainJob branch needs it the same way (API server URL + token; the pod's service-account CA checks
+# the server); single-pod training gets it too, as upstream's task does, but optional: it runs without it.
 KUBE_SECRET = _secret(secrets.KUBE_CREDENTIALS_SECRET, optional=False)
+KUBE_SECRET_OPTIONAL = _secret(secrets.KUBE_CREDENTIALS_SECRET, optional=True)
+IMAGE_PULL_POLICY = "IfNotPresent"  # every task, as upstream's (a pinned image is pulled once per node)
 SECRETS = {
     "dataset": (HF_TOKEN_SECRET, S3_SECRET),
-    "training": (HF_TOKEN_SECRET, OCI_SECRET),
+    "training": (HF_TOKEN_SECRET, OCI_SECRET, KUBE_SECRET_OPTIONAL),
     "training-trainjob": (HF_TOKEN_SECRET, OCI_SECRET, KUBE_SECRET),
     "evaluation": (HF_TOKEN_SECRET, OCI_SECRET),  # the base model (compare_base) may be oci:// too
     "registration": (),
@@ -150,6 +153,7 @@ def pipeline_function(flavour: str, *, image: str | None = None, storage_class: 
         task.set_display_name(display)
         if not local:
             _secrets(task, stage)
+            kubernetes.set_image_pull_policy(task, IMAGE_PULL_POLICY)
         return task
 
     def body(*args: Any, **kwargs: Any) -> Any:
@@ -178,20 +182,23 @@ def pipeline_function(flavour: str, *, image: str | None = None, storage_class: 
             t.set_env_variable("HONE_IMAGE", image or default_image())  # the TrainJob pods run the same image
             return t
 
-        outs = ("output_model", "output_training")
+        outs = ("output_model", "output_training", "output_metrics")
         workers = v[WORKERS]
         if local or not isinstance(workers, pipeline_channel.PipelineChannel):
             # kfp.local runs no dsl.OneOf: a local compile trains in its own process
             t = trainjob() if (not local and workers > 1) else in_pod()
-            model, run = (t.outputs[o] for o in outs)
+            model, run, train_metrics = (t.outputs[o] for o in outs)
         else:
             with dsl.If(workers <= 1, name="one-worker"):
                 tp = in_pod()
             with dsl.Else(name="trainjob-workers"):
                 tj = trainjob()
-            model, run = (dsl.OneOf(tj.outputs[o], tp.outputs[o]) for o in outs)
+            model, run, train_metrics = (dsl.OneOf(tj.outputs[o], tp.outputs[o]) for o in outs)
 
-        ev = comps.evaluation(algorithm=algorithm, input_dataset=data, input_model=model, input_training=run,
+        # wired as upstream's: the evaluator gets the eval split and the model; registration gets the model, the
+        # training and evaluation metrics and the evaluation results (+ hone's lineage: dataset, training run)
+        ev = comps.evaluation(algorithm=algorithm, eval_dataset=ds.outputs["eval_dataset"], model_artifact=model,
+                              input_training=run,
                               **pick(comps.evaluation.python_func, v))
         finish(ev, "evaluation", "evaluation")
         if not local:
@@ -200,7 +207,8 @@ def pipeline_function(flavour: str, *, image: str | None = None, storage_class: 
 
         reg = comps.registration(algorithm=algorithm, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                  input_dataset=data, input_model=model, input_training=run,
-                                 input_evaluation=ev.outputs["output_results"],
+                                 input_metrics=train_metrics, eval_metrics=ev.outputs["output_metrics"],
+                                 eval_results=ev.outputs["output_results"],
                                  **pick(comps.registration.python_func, v))
         finish(reg, "registration", "registration")
         return reg.output  # the pipeline's output: the registered model's id, or SKIPPED

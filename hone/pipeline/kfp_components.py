@@ -33,6 +33,10 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output, Task
 
 #: The inputs of the components that are not pipeline parameters.
 PLUMBING_INPUTS = frozenset({"algorithm", "launcher", "workspace_path", "task_config", "pipeline_run"})
+#: Artifacts named as the upstream OpenShift AI pipelines name them (the others are ``input_*`` / ``output_*``).
+UPSTREAM_ARTIFACTS = frozenset({"train_dataset", "eval_dataset", "model_artifact", "eval_metrics", "eval_results"})
+#: The training component's return value (upstream's ``Output`` parameter).
+TRAINING_DONE = "training completed"
 
 
 def stage_values(algorithm: str, given: Mapping[str, Any]) -> Dict[str, Any]:
@@ -60,6 +64,19 @@ def log_numbers(metrics: Any, summary: Mapping[str, Any], prefix: str = "") -> N
             log_numbers(metrics, value, prefix=f"{name}/")
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics.log_metric(name, value)
+
+
+def split_metadata(summary: Mapping[str, Any], split: str) -> Dict[str, Any]:
+    """The metadata of a ``train_dataset`` / ``eval_dataset`` artifact (as upstream's: rows, source, format)."""
+    return {"split": split, "num_examples": summary.get(f"{split}_rows"), "format": "jsonl",
+            "source": summary.get("source"), "source_format": summary.get("format"), "sha256": summary.get("sha256")}
+
+
+def metrics_of(artifact: Any) -> Dict[str, Any]:
+    """The numbers of a KFP ``Metrics`` input artifact (its metadata; KFP's own keys left out)."""
+    meta = getattr(artifact, "metadata", None) or {}
+    return {k: v for k, v in meta.items() if k not in ("display_name", "store_session_info")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def workspace_claim(task_config: Any, workspace_path: str) -> str:
@@ -164,17 +181,25 @@ def dataset(
     phase_02_train_opt_seed: int,
     output_dataset: Output[Dataset],
     output_metrics: Output[Metrics],
+    train_dataset: Output[Dataset],
+    eval_dataset: Output[Dataset],
 ):
-    """Stage 1: download, validate, convert and split the dataset (train.jsonl, eval.jsonl, dataset_report.json)."""
+    """Stage 1: download, validate, convert and split the dataset (train.jsonl, eval.jsonl, dataset_report.json).
+
+    Outputs: ``output_dataset`` (the prepared directory training reads), ``train_dataset`` / ``eval_dataset``
+    (the two splits as JSONL files, the upstream pipelines' dataset outputs) and ``output_metrics`` (row counts).
+    """
     from pathlib import Path
 
-    from hone.pipeline.kfp_components import log_numbers, stage_values
+    from hone.pipeline.kfp_components import log_numbers, split_metadata, stage_values
     from hone.pipeline.stages import dataset_stage
 
     values = stage_values(algorithm, locals())
     out = Path(output_dataset.path)
-    result = dataset_stage(values, out).write(out)
+    result = dataset_stage(values, out, train_file=train_dataset.path, eval_file=eval_dataset.path).write(out)
     log_numbers(output_metrics, result.summary)
+    train_dataset.metadata.update(split_metadata(result.summary, "train"))
+    eval_dataset.metadata.update(split_metadata(result.summary, "eval"))
 
 
 def training(
@@ -214,6 +239,7 @@ def training(
     phase_02_train_opt_use_liger: bool,
     phase_02_train_opt_lr_scheduler_kwargs: str,
     phase_02_train_opt_runtime: str,
+    phase_02_train_opt_timeout: int,
     phase_02_train_opt_processed_data: bool,
     phase_02_train_opt_unmask: bool,
     phase_02_train_opt_save_final: bool,
@@ -249,22 +275,26 @@ def training(
     phase_02_train_opt_field_instruction: str = "",
     phase_02_train_opt_field_input: str = "",
     phase_02_train_opt_field_output: str = "",
-):
-    """Stage 2: fine-tune the base model in this pod, or through a Kubeflow TrainJob (launcher="trainjob")."""
-    from hone.pipeline.kfp_components import run_training
+) -> str:
+    """Stage 2: fine-tune the base model in this pod, or through a Kubeflow TrainJob (launcher="trainjob").
+
+    Returns a one-line status (upstream's ``Output``: "training completed")."""
+    from hone.pipeline.kfp_components import TRAINING_DONE, run_training
 
     run_training(algorithm, locals(), launcher=launcher, workspace_path=workspace_path, task_config=task_config,
                  dataset_dir=input_dataset.path, output_model=output_model, output_metrics=output_metrics,
                  output_loss_chart=output_loss_chart, output_training=output_training)
+    return TRAINING_DONE
 
 
 def evaluation(
     algorithm: str,
-    input_dataset: Input[Dataset],
-    input_model: Input[Model],
+    eval_dataset: Input[Dataset],
+    model_artifact: Input[Model],
     input_training: Input[Artifact],
     output_metrics: Output[Metrics],
     output_results: Output[Artifact],
+    output_samples: Output[Artifact],
     phase_01_dataset_man_data_uri: str,
     phase_01_dataset_opt_hf_token: str,
     phase_02_train_opt_hf_token: str,
@@ -279,7 +309,12 @@ def evaluation(
     phase_03_eval_opt_include_path: str,
     phase_03_eval_opt_compare_base: bool,
 ):
-    """Stage 3: lm-eval tasks and the eval split on the fine-tuned model, compared with the base model."""
+    """Stage 3: lm-eval tasks and the eval split on the fine-tuned model, compared with the base model.
+
+    Inputs named as upstream's evaluator: ``eval_dataset`` (the eval split, JSONL) and ``model_artifact``.
+    Outputs: ``output_metrics`` (the tuned model's figures, the base model's as ``base/...``),
+    ``output_results`` (a directory: eval_results.json, metrics.json, the comparison...) and
+    ``output_samples`` (the logged samples, one JSON list)."""
     from pathlib import Path
 
     from hone.pipeline.kfp_components import log_numbers, stage_values, training_view
@@ -288,8 +323,8 @@ def evaluation(
     values = stage_values(algorithm, locals())
     out = Path(output_results.path)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluation_stage(values, training_view(input_training.path, input_model.path), input_dataset.path,
-                              out).write(out)
+    result = evaluation_stage(values, training_view(input_training.path, model_artifact.path), eval_dataset.path,
+                              out, samples_file=output_samples.path).write(out)
     log_numbers(output_metrics, {**result.summary["metrics"], "base": result.summary.get("base_metrics") or {},
                                  "seconds": result.summary["seconds"]})
 
@@ -300,7 +335,9 @@ def registration(
     input_dataset: Input[Dataset],
     input_model: Input[Model],
     input_training: Input[Artifact],
-    input_evaluation: Input[Artifact],
+    input_metrics: Input[Metrics],
+    eval_metrics: Input[Metrics],
+    eval_results: Input[Artifact],
     phase_01_dataset_man_data_uri: str,
     phase_02_train_man_model: str,
     phase_04_registry_man_address: str,
@@ -312,20 +349,26 @@ def registration(
     phase_04_registry_opt_format_version: str,
     phase_04_registry_opt_port: int,
 ) -> str:
-    """Stage 4: register the model in the Kubeflow Model Registry; returns its id, or SKIPPED without an address."""
+    """Stage 4: register the model in the Kubeflow Model Registry; returns its id, or SKIPPED without an address.
+
+    Inputs as upstream's registration: ``input_model``, ``input_metrics`` (training's), ``eval_metrics`` and
+    ``eval_results`` (evaluation's), plus hone's lineage sources ``input_dataset`` and ``input_training``."""
     import tempfile
     from pathlib import Path
 
-    from hone.pipeline.kfp_components import stage_values, training_view
+    from hone.pipeline.kfp_components import metrics_of, stage_values, training_view
     from hone.pipeline.stages import registration_stage
 
     values = stage_values(algorithm, locals())
     out = Path(tempfile.mkdtemp(prefix="hone-kfp-registration-"))
-    result = registration_stage(values, training_view(input_training.path, input_model.path), input_evaluation.path,
-                                input_dataset.path, out, pipeline_run=pipeline_run).write(out)
+    result = registration_stage(values, training_view(input_training.path, input_model.path), eval_results.path,
+                                input_dataset.path, out, pipeline_run=pipeline_run,
+                                eval_metrics=metrics_of(eval_metrics),
+                                training_metrics=metrics_of(input_metrics)).write(out)
     return str(result.summary["model_id"])
 
 
 COMPONENT_FUNCTIONS = (dataset, training, evaluation, registration)
-__all__ = ["COMPONENT_FUNCTIONS", "PLUMBING_INPUTS", "stage_values", "log_numbers", "workspace_claim", "run_training",
+__all__ = ["COMPONENT_FUNCTIONS", "PLUMBING_INPUTS", "UPSTREAM_ARTIFACTS", "TRAINING_DONE", "split_metadata",
+           "metrics_of", "stage_values", "log_numbers", "workspace_claim", "run_training",
            "training_view", "dataset", "training", "evaluation", "registration"]

@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping
 
 from hone.config import EvalConfig, PipelineConfig, RegistryConfig
 from hone.errors import HoneError
-from hone.layout import STAGE_FILE, STAGES, TrainingLayout  # noqa: F401 (STAGES: re-exported)
+from hone.layout import (METRICS_FILE, RESULT_FILE, STAGE_FILE, STAGES,  # noqa: F401 (STAGES: re-exported)
+                         TrainingLayout)
 from hone.secrets import HF_TOKEN_ENV
 from hone.pipeline.params import (DATA_URI, in_pipeline_terms, section_values, settings, training_config,
                                   training_params)
@@ -24,6 +25,9 @@ from hone.pipeline.params import (DATA_URI, in_pipeline_terms, section_values, s
 log = logging.getLogger("hone")
 
 SKIPPED = "SKIPPED"
+#: With no Kubeflow Model Registry address, a registration stage whose environment names an MLflow store
+#: (``sqlite:///...``, ``http://mlflow:5000``) registers there instead of skipping.
+MLFLOW_TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
 @dataclass
@@ -56,14 +60,26 @@ def _hf_token(token: str) -> None:
 
 
 # -- stage 1 ---------------------------------------------------------------------------------------------
-def dataset_stage(values: Mapping[str, Any], out_dir: str | Path) -> StageResult:
-    """Download, validate, convert and split the dataset: ``train.jsonl``, ``eval.jsonl``, ``dataset_report.json``."""
+def dataset_stage(values: Mapping[str, Any], out_dir: str | Path, *, train_file: str | Path | None = None,
+                  eval_file: str | Path | None = None) -> StageResult:
+    """Download, validate, convert and split the dataset: ``train.jsonl``, ``eval.jsonl``, ``dataset_report.json``.
+
+    ``train_file`` / ``eval_file``: also write the two splits there, one JSONL file each (the KFP component's
+    ``train_dataset`` and ``eval_dataset`` artifacts, the upstream pipelines' dataset outputs).
+    """
+    import shutil
+
     from hone.config import DataConfig
     from hone.data.stage import EVAL_FILE, REPORT_FILE, TRAIN_FILE, prepare_dataset
 
     _hf_token(settings(values, PipelineConfig).dataset_hf_token)
     cfg = DataConfig(**section_values(None, values, ("data",), stage="dataset"))
     report = prepare_dataset(cfg, out_dir, **section_values(None, values, ("train",), stage="dataset"))
+    for name, dst in ((TRAIN_FILE, train_file), (EVAL_FILE, eval_file)):
+        if dst is not None:
+            src = Path(out_dir) / name
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst) if src.is_file() else Path(dst).write_text("")
     rows = report.rows
     summary = {"source": report.source, "format": report.format, "sha256": report.sha256,
                "rows_read": rows["read"], "rows_valid": rows["valid"], "rows_invalid": rows["invalid"],
@@ -95,14 +111,17 @@ def job_options(values: Mapping[str, Any], *, pvc: str | None = None, pvc_path: 
 
 def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str | Path, out_dir: str | Path, *,
                    launcher: str = "local", pvc: str | None = None, pvc_path: str | None = None,
-                   submit_backend: str = "kubernetes", run_config_hook: Callable[[Any], None] | None = None
-                   ) -> StageResult:
+                   submit_backend: str = "kubernetes", run_config_hook: Callable[[Any], None] | None = None,
+                   trainjob_timeout: float | None = None, trainjob_poll: float = 10.0) -> StageResult:
     """Fine-tune the base model on the train rows of the dataset stage's directory (read as they are: the
     dataset stage validated and split them).
 
     ``launcher="local"`` trains in this process (torchrun when more than one process per worker is asked
     for); ``"trainjob"`` submits a Kubeflow TrainJob with ``phase_02_train_man_workers`` pods sharing the
-    PVC ``pvc`` mounted at ``pvc_path`` (where ``out_dir`` and ``dataset_dir`` must be), and waits for it.
+    PVC ``pvc`` mounted at ``pvc_path`` (where ``out_dir`` and ``dataset_dir`` must be), and waits for it,
+    following node-0's log, up to ``trainjob_timeout`` seconds (default: the pipeline's ``train_timeout``
+    setting when it has one; None or 0: no limit), polling every ``trainjob_poll`` seconds; the job is deleted
+    when it fails, times out or the step is cancelled.
     A rerun into the same directory with the same parameters resumes from its last checkpoint.
     """
     from hone.api import run
@@ -137,8 +156,12 @@ def training_stage(algorithm: str, values: Mapping[str, Any], dataset_dir: str |
 
         flat = {**training_params(algorithm, values, data, str(out)), "resume_from": "auto"}
         flat.pop("nproc_per_node", None)  # a TrainJob's processes per pod are the job's (job_options)
+        # waits up to the timeout (0/None: no limit); a failed, timed-out or cancelled (SIGTERM) job is deleted,
+        # with the Secret that holds any credentials of its values; its failure message becomes the error
+        timeout = trainjob_timeout if trainjob_timeout is not None else getattr(pc, "train_timeout", None)
         sub = submit(algorithm, params=flat, job=job_options(values, pvc=pvc, pvc_path=pvc_path),
-                     backend=submit_backend, wait=True, follow_logs=True,
+                     backend=submit_backend, wait=True, follow_logs=True, timeout=float(timeout) if timeout else None,
+                     poll_interval=trainjob_poll, delete_on_failure=True, delete_on_cancel=True,
                      on_log=lambda line: print(line, flush=True))
         notes.append(f"TrainJob {sub.name} ({pc.workers} workers)")
         result_file = TrainingLayout(out).result
@@ -205,15 +228,20 @@ def check_evaluation(values: Mapping[str, Any]) -> None:
 
 
 def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, dataset_dir: str | Path,
-                     out_dir: str | Path) -> StageResult:
-    """Evaluate the fine-tuned model (lm-eval tasks + the eval split) and compare it with its base model."""
+                     out_dir: str | Path, *, samples_file: str | Path | None = None) -> StageResult:
+    """Evaluate the fine-tuned model (lm-eval tasks + the eval split) and compare it with its base model.
+
+    ``dataset_dir``: the dataset stage's directory, or its eval split as one JSONL file (the KFP
+    ``eval_dataset`` artifact). ``samples_file``: also write the logged samples there as one JSON list (empty
+    without ``phase_03_eval_opt_log_samples``): the KFP component's ``output_samples``, as upstream's.
+    """
     from hone.data.stage import EVAL_FILE
     from hone.evaluation import run_evaluation
 
     pc: PipelineConfig = settings(values, PipelineConfig)
     _hf_token(pc.dataset_hf_token or pc.train_hf_token)
     training = StageResult.read(Path(training_dir))
-    eval_file = Path(dataset_dir) / EVAL_FILE
+    eval_file = Path(dataset_dir) if Path(dataset_dir).is_file() else Path(dataset_dir) / EVAL_FILE
     has_eval = eval_file.is_file() and eval_file.stat().st_size > 0
     kwargs = {
         **section_values(None, values, ("eval",)),
@@ -239,24 +267,41 @@ def evaluation_stage(values: Mapping[str, Any], training_dir: str | Path, datase
     if result.base_metrics is not None:
         summary["base_metrics"] = result.base_metrics
     files = {str(k): str(k) for k in result.files}
+    if samples_file is not None:
+        from hone.io import atomic_write_text
+
+        logged = Path(out_dir) / "samples.jsonl"
+        rows = [json.loads(line) for line in logged.read_text().splitlines() if line.strip()] \
+            if logged.is_file() else []
+        atomic_write_text(Path(samples_file), json.dumps(rows, indent=2, default=str) + "\n")
     return StageResult("evaluation", summary, files)
 
 
 # -- stage 4 ---------------------------------------------------------------------------------------------
 def registration_stage(values: Mapping[str, Any], training_dir: str | Path, evaluation_dir: str | Path | None,
                        dataset_dir: str | Path, out_dir: str | Path, *, registry: Any = None,
-                       pipeline_run: str | None = None, next_free_version: bool = False) -> StageResult:
+                       pipeline_run: str | None = None, next_free_version: bool = False,
+                       eval_metrics: Mapping[str, Any] | None = None,
+                       training_metrics: Mapping[str, Any] | None = None) -> StageResult:
     """Register the fine-tuned model with its lineage, or return ``SKIPPED`` when no registry is configured.
 
     A Kubeflow Model Registry is used when ``phase_04_registry_man_address`` is set; otherwise ``registry``
-    (a :class:`hone.config.RegistryConfig`, e.g. the embedded MLflow one of a local run) when given.
+    (a :class:`hone.config.RegistryConfig`, e.g. the embedded MLflow one of a local run) when given, else the
+    MLflow store of ``$MLFLOW_TRACKING_URI`` when set (a KFP registration pod).
     ``next_free_version``: the version was not asked for, so a taken one becomes the next free patch version
     (a rerun with other parameters registers 1.0.1) instead of an error.
+    ``eval_metrics`` / ``training_metrics``: the figures of the KFP metrics artifacts (upstream's
+    ``eval_metrics`` and ``input_metrics`` inputs). The lineage reads the same figures from the evaluation and
+    training directories; these are used where those directories do not hold them (no evaluation results;
+    a training run without ``training_result.json``), recorded as ``eval_<name>`` / ``training_<name>``.
     """
     from hone.registry import register_model
 
     v = values
     given: RegistryConfig = settings(values, RegistryConfig)
+    if registry is None and not given.registry_address and os.environ.get(MLFLOW_TRACKING_ENV):
+        # a KFP registration pod given an MLflow store (e.g. through a secret as env): register there
+        registry = RegistryConfig(registry_backend="mlflow", registry_tracking_uri=os.environ[MLFLOW_TRACKING_ENV])
     if given.registry_address:
         cfg = given.model_copy(update={"registry_backend": "kubeflow"})
     elif registry is not None:  # the local runner's registry, with the model's name, version, author...
@@ -272,9 +317,15 @@ def registration_stage(values: Mapping[str, Any], training_dir: str | Path, eval
     metadata = {"pipeline_algorithm": training.summary["algorithm"]}
     if pipeline_run:
         metadata["pipeline_run"] = pipeline_run
+    eval_results: Any = evaluation_dir
+    if eval_metrics and not _has_eval_results(evaluation_dir):
+        eval_results = dict(eval_metrics)
+    run_files = {f.name for f in Path(training_dir).iterdir()}
+    if training_metrics and not run_files & {RESULT_FILE, METRICS_FILE}:
+        metadata.update({f"training_{k}": val for k, val in training_metrics.items()})
     try:
         info = register_model(Path(training_dir) / training.files["model"], cfg, run_dir=training_dir,
-                              eval_results=evaluation_dir, base_model=v["phase_02_train_man_model"],
+                              eval_results=eval_results, base_model=v["phase_02_train_man_model"],
                               dataset_uri=v[DATA_URI], dataset_sha256=dataset.summary.get("sha256"),
                               metadata=metadata)
     except HoneError as err:  # the registry speaks of --version; a pipeline user sets the parameter
@@ -284,6 +335,15 @@ def registration_stage(values: Mapping[str, Any], training_dir: str | Path, eval
         return StageResult("registration", {"model_id": SKIPPED, "reason": "registry backend none"})
     summary = {"model_id": info.ref, **info.to_json(), "backend": cfg.registry_backend}
     return StageResult("registration", json.loads(json.dumps(summary, default=str)))
+
+
+def _has_eval_results(evaluation_dir: str | Path | None) -> bool:
+    """Whether ``evaluation_dir`` holds evaluation results the lineage can read (a JSON file, or a directory with
+    ``metrics.json`` / ``eval_results.json`` / ``results.json``)."""
+    if evaluation_dir is None:
+        return False
+    p = Path(evaluation_dir)
+    return p.is_file() or any((p / n).is_file() for n in ("metrics.json", "eval_results.json", "results.json"))
 
 
 def _free_version(cfg: RegistryConfig) -> str:

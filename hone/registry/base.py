@@ -2,25 +2,21 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 from hone.errors import HoneError
+from hone.layout import DEFAULT_HOME, hone_home  # noqa: F401  (hone_home is part of this module's face)
 from hone.registry.lineage import Scalar, Source
 
-DEFAULT_HOME = "hone-runs"
 # Names and versions: printable ASCII (the Kubeflow registry's rule), no ':' or '@' (they split references).
 _NAME_RE = re.compile(r"^[\x21-\x7E](?:[\x20-\x7E]{0,254})$")
 _RESERVED = (":", "@", "'", '"', "\\")
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_\-]{1,255}$")
 
 
-def hone_home(home: str | Path | None = None) -> Path:
-    """The directory holding the embedded registry: ``home``, else ``$HONE_HOME``, else ``./hone-runs``."""
-    return Path(home or os.environ.get("HONE_HOME") or DEFAULT_HOME).expanduser().resolve()
 
 
 @dataclass

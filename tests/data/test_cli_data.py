@@ -87,3 +87,13 @@ def test_help(capsys):
     text = capsys.readouterr().out
     for flag in ("--output", "--train-split-ratio", "--subset", "--seed", "--format", "--tokenizer", "--split"):
         assert flag in text
+
+
+def test_pretraining_documents_need_and_take_block_size(tmp_path, capsys):
+    f = write_jsonl(tmp_path / "docs.jsonl", [{"document": "first text"}, {"document": "second text"}])
+    assert main(["data", "check", str(f), "--is-pretraining"]) == 2
+    assert "block_size" in capsys.readouterr().err
+    assert main(["data", "check", str(f), "--is-pretraining", "--block-size", "128"]) == 0
+    out = tmp_path / "prepared"
+    assert main(["data", "prepare", str(f), "--is-pretraining", "--block-size", "128", "--output", str(out)]) == 0
+    assert (out / "train.jsonl").is_file()

@@ -95,7 +95,8 @@ def test_component_inputs_cover_the_parameter_table_exactly():
             if name.startswith("phase_"):
                 continue
             if ta.is_artifact_wrapped_in_Input(param.annotation) or ta.is_artifact_wrapped_in_Output(param.annotation):
-                assert name.startswith(("input_", "output_")), (fn.__name__, name)
+                assert name.startswith(("input_", "output_")) or name in kfp_components.UPSTREAM_ARTIFACTS, \
+                    (fn.__name__, name)
             else:
                 assert name in kfp_components.PLUMBING_INPUTS, (fn.__name__, name)
         for name, annotation in component_inputs(fn).items():
@@ -190,7 +191,9 @@ def test_sft_parameters_and_defaults_are_seed_004s(compiled):
                      "phase_02_train_opt_processed_data", "phase_02_train_opt_unmask", "phase_02_train_opt_save_final",
                      "phase_02_train_opt_logging_steps", "phase_02_train_opt_tensorboard_log_dir",
                      "phase_02_train_opt_wandb_project", "phase_02_train_opt_wandb_entity",
-                     "phase_02_train_opt_wandb_run_name"}
+                     "phase_02_train_opt_wandb_run_name",
+                     # hone's: how long the TrainJob branch waits before deleting the job
+                     "phase_02_train_opt_timeout"}
 
 
 def test_no_secret_value_is_inlined(tmp_path, monkeypatch):
@@ -222,13 +225,19 @@ def test_secrets_node_selector_and_gpus_go_to_the_right_tasks(compiled):
     hf = ({"HF_TOKEN"}, True)
     oci = ({"OCI_PULL_SECRET_MODEL_DOWNLOAD"}, True)
     assert secrets("dataset") == {"hf-token": hf, "s3-secret": ({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, True)}
-    assert secrets("training") == {"hf-token": hf, "oci-pull-secret-model-download": oci}
+    kube_keys = {"KUBERNETES_SERVER_URL", "KUBERNETES_AUTH_TOKEN"}
+    # upstream's training task carries kubernetes-credentials (required): hone's TrainJob branch too, its
+    # single-pod training as an optional reference (it never calls the API server)
+    assert secrets("training") == {"hf-token": hf, "oci-pull-secret-model-download": oci,
+                                   "kubernetes-credentials": (kube_keys, True)}
     assert secrets("training (TrainJob)") == {
-        "hf-token": hf, "oci-pull-secret-model-download": oci,
-        "kubernetes-credentials": ({"KUBERNETES_SERVER_URL", "KUBERNETES_AUTH_TOKEN"}, False)}
+        "hf-token": hf, "oci-pull-secret-model-download": oci, "kubernetes-credentials": (kube_keys, False)}
     assert secrets("evaluation") == {"hf-token": hf, "oci-pull-secret-model-download": oci}
     assert secrets("registration") == {}
     assert set(SECRETS) == {"dataset", "training", "training-trainjob", "evaluation", "registration"}
+    # every task's pod pulls the image IfNotPresent, as upstream's
+    assert {t: executors.get(by_task[t]["executor"], {}).get("imagePullPolicy") for t in by_task} == \
+        {t: "IfNotPresent" for t in by_task}
 
     ev = executors[by_task["evaluation"]["executor"]]
     assert ev["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
@@ -251,6 +260,40 @@ def test_secrets_node_selector_and_gpus_go_to_the_right_tasks(compiled):
     assert by_task["training (TrainJob)"]["inputs"]["parameters"]["launcher"]["runtimeValue"]["constant"] == "trainjob"
     conditions = json.dumps(spec["components"])
     assert "int(inputs.parameter_values['pipelinechannel--phase_02_train_man_workers']) <= 1" in conditions
+
+
+UPSTREAM_TASKS = {"exec-dataset-download": ("dataset",), "exec-train-model": ("training", "training (TrainJob)"),
+                  "exec-universal-llm-evaluator": ("evaluation",), "exec-kubeflow-model-registry": ("registration",)}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_secrets_and_pull_policy_match_upstream_task_by_task(compiled, flavour):
+    """Each upstream task's secrets (name, keys) are on hone's task(s) of the same stage; kubernetes-credentials
+    is required where a TrainJob is submitted, as upstream's; every task pulls IfNotPresent."""
+    upstream_file = (Path(__file__).parents[2].parent / "shared" / "reference" / "pipelines-components" /
+                     "head-dd8d0c0" / f"{flavour.replace('-', '_')}.yaml")
+    if not upstream_file.is_file():
+        pytest.skip(f"{upstream_file} not found (../shared is absent)")
+    theirs = list(yaml.safe_load_all(upstream_file.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"][
+        "executors"]
+    spec, platform = compiled[flavour]
+    ours, by_task = platform["deploymentSpec"]["executors"], tasks(spec)
+
+    def secrets(cfg: dict[str, Any]) -> dict[str, tuple[dict[str, str], bool]]:
+        return {s["secretName"]: ({e["envVar"]: e["secretKey"] for e in s["keyToEnv"]}, s.get("optional", False))
+                for s in cfg.get("secretAsEnv", [])}
+
+    for executor, stages in UPSTREAM_TASKS.items():
+        for task in (t for t in stages if t in by_task):
+            mine = ours.get(by_task[task]["executor"], {})
+            assert mine.get("imagePullPolicy") == theirs[executor]["imagePullPolicy"] == "IfNotPresent", task
+            have = secrets(mine)
+            for name, (keys, optional) in secrets(theirs[executor]).items():
+                assert name in have and have[name][0] == keys, (flavour, task, name)
+                if not optional:
+                    assert have[name][1] is (task == "training"), (flavour, task, name)  # single pod: optional
+    text = json.dumps(ours)
+    assert "KUBERNETES_AUTH_TOKEN" in text and "sha256~" not in text
 
 
 def test_compile_flags_pvc_image_and_caching(tmp_path):
@@ -327,6 +370,11 @@ def test_minimal_osft_pipeline_runs_under_kfp_local(tmp_path, kfp_local):
     assert {"train.jsonl", "eval.jsonl", "dataset_report.json", "stage.json"} <= {p.name for p in ds_dir.iterdir()}
     m = ds["output_metrics"]["metadata"]
     assert m["train_rows"] + m["eval_rows"] == 20 and m["rows_invalid"] == 0
+    # upstream's dataset outputs: the two splits as JSONL files
+    for split in ("train", "eval"):
+        art = ds[f"{split}_dataset"]
+        assert Path(art["uri"]).read_text() == (ds_dir / f"{split}.jsonl").read_text()
+        assert art["metadata"]["num_examples"] == m[f"{split}_rows"]
 
     tr = executor_output("training")
     model_dir = Path(tr["output_model"]["uri"])
@@ -341,6 +389,11 @@ def test_minimal_osft_pipeline_runs_under_kfp_local(tmp_path, kfp_local):
     m = ev["output_metrics"]["metadata"]
     assert math.isfinite(m["holdout/loss"]) and math.isfinite(m["base/holdout/loss"])
     assert (Path(ev["output_results"]["uri"]) / "comparison.json").is_file()
+    logged = Path(ev["output_results"]["uri"]) / "samples.jsonl"
+    samples = json.loads(Path(ev["output_samples"]["uri"]).read_text())
+    assert len(samples) == len(logged.read_text().splitlines()) == 2  # upstream's output_samples: one JSON list
+    out = json.loads((run_dir / "training" / "executor_output.json").read_text())
+    assert out["parameterValues"]["Output"] == kfp_components.TRAINING_DONE
 
 
 UPSTREAM_PIPELINES = Path(__file__).parents[2].parent / "shared" / "reference" / "pipelines-components" / "head-dd8d0c0"
