@@ -239,10 +239,9 @@ def _labels_from_spans(ids: list[int], offsets: list[tuple[int, int]], spans, sp
     ends unpacked once)."""
     n = len(ids)
     labels = [IGNORE] * n
-    if not spans:
+    if not spans or not n:
         return labels
-    begins = [o[0] for o in offsets]
-    ends_at = [o[1] for o in offsets]
+    begins, ends_at = zip(*offsets)
     t = 0
     for start, content_end, limit, turn_end in spans:
         while t < n and ends_at[t] <= start:
@@ -251,9 +250,11 @@ def _labels_from_spans(ids: list[int], offsets: list[tuple[int, int]], spans, sp
         if turn_end is not None:
             while t < n and begins[t] < turn_end:
                 t += 1
-            ends = [u for u in range(first, t) if ids[u] in special and begins[u] >= content_end]
-            if ends:
-                stop = ends[-1] + 1
+            # the last special token of the turn after the content (scanning back: it is usually the last token)
+            last = next((u for u in range(t - 1, first - 1, -1) if ids[u] in special and begins[u] >= content_end),
+                        None)
+            if last is not None:
+                stop = last + 1
             elif content_end > start:
                 stop = next((u for u in range(first, t) if begins[u] >= content_end), t)
             else:
