@@ -205,12 +205,19 @@ def identity(data: Path, model: Path, samples_path: str, ilab_out: Path | None, 
     return res
 
 
+def _commit() -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _results import git_commit
+
+    return git_commit()
+
+
 def section(cmd: str, runs: dict, n_cores: int, wall: float) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"## Data preparation at scale: token samples vs the one-process limit vs Training Hub "
              f"(bench/data_prep.py), {when}", "",
-             f"Machine: {n_cores} cores, {platform.processor() or platform.machine()}, Python "
+             f"Commit: `{_commit()}`. Machine: {n_cores} cores, {platform.processor() or platform.machine()}, Python "
              f"{platform.python_version()}; load average at the end {load} (other work shares the machine). "
              "32k-vocabulary byte-level BPE tokenizer trained here, ChatML template; generated `messages` rows "
              "(system prompt on half, 1-3 exchanges of Zipf pseudo-words). Every measurement a fresh process; "
