@@ -220,6 +220,28 @@ def scrub_text(text: str, known: Iterable[str] | None = None, *, assignments: bo
     return text
 
 
+def carries_credentials(value: Any, known: Iterable[str] = ()) -> bool:
+    """Whether a value (a string, or lists / mappings of them) holds a credential: a ``known`` secret value or
+    a secret's shape (:func:`scrub_text`), or a URI with userinfo or a signed / token query value."""
+    if isinstance(value, (list, tuple)):
+        return any(carries_credentials(v, known) for v in value)
+    if isinstance(value, dict):
+        return any(carries_credentials(v, known) for v in value.values())
+    if not isinstance(value, str) or not value:
+        return False
+    if scrub_text(value, list(known)) != value:
+        return True
+    for word in value.split():
+        if "://" in word:
+            try:
+                netloc = urlsplit(word).netloc
+            except ValueError:
+                continue
+            if "@" in netloc or "***" in redact_uri(word):  # userinfo, or a signed / token query value
+                return True
+    return False
+
+
 def scrub_value(key: str, value: Any, known: Iterable[str] | None = None) -> Any:
     """The value to store under ``key``: redacted when the key names a secret, masked text otherwise."""
     if is_secret_key(key):

@@ -37,3 +37,14 @@ def single_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def one_chat_file(tmp_path_factory):
+    """A JSONL file with one valid conversation: enough data for tests about everything but the data."""
+    import json
+
+    path = tmp_path_factory.mktemp("one-chat") / "d.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello there."}]}) + "\n")
+    return path

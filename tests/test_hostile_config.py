@@ -13,14 +13,9 @@ import torch
 
 from hone.cli.main import main
 
-GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("hostile-cfg") / "d.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n")
-    return path
+@pytest.fixture
+def data(one_chat_file) -> Path:
+    return one_chat_file
 
 
 def _run(capsys, tiny_model_dir, data, out: Path, config: str | bytes | None = None, *flags: str,

@@ -26,7 +26,6 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -35,6 +34,7 @@ from hone.errors import HoneError
 from hone.kube.config import NODE_CONTAINER, KubeJobConfig
 from hone.kube.credentials import secret_values as known_secrets
 from hone.secrets import REDACTED, redact_uri, scrub_text
+from hone.secrets import carries_credentials as has_credentials
 
 CONFIG_ENV = "HONE_CONFIG"
 SECRET_CONFIG_ENV = "HONE_SECRET_CONFIG"  # the parameters that carry credentials, from the job's Secret
@@ -124,25 +124,9 @@ def redact(value: str, known: list[str] | None = None) -> str:
 
 
 def carries_credentials(value: Any, known: list[str] | None = None) -> bool:
-    """Whether a parameter or environment value holds a credential (by shape or by a known secret value)."""
-    if isinstance(value, (list, tuple)):
-        return any(carries_credentials(v, known) for v in value)
-    if isinstance(value, dict):
-        return any(carries_credentials(v, known) for v in value.values())
-    if not isinstance(value, str) or not value:
-        return False
-    known = known_secrets() if known is None else known
-    if scrub_text(value, known) != value:
-        return True
-    for word in value.split():
-        if "://" in word:
-            try:
-                netloc = urlsplit(word).netloc
-            except ValueError:
-                continue
-            if "@" in netloc or "***" in redact_uri(word):  # userinfo, or a signed / token query value
-                return True
-    return False
+    """Whether a parameter or environment value holds a credential (:func:`hone.secrets.carries_credentials`,
+    with the secret values this process knows)."""
+    return has_credentials(value, known_secrets() if known is None else known)
 
 
 def load_run_config(algorithm: str, config_file: str | Path | None, overrides: dict[str, Any] | None = None

@@ -12,14 +12,9 @@ import pytest
 
 from hone.cli.main import main
 
-GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("hostile-models") / "d.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n")
-    return path
+@pytest.fixture
+def data(one_chat_file) -> Path:
+    return one_chat_file
 
 
 def _config(d: Path, **changes) -> None:
